@@ -1,0 +1,84 @@
+"""An ensemble of members: one decoded image in, one concatenated vector out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .members import Member
+
+
+class Embedder:
+    """Members applied in order; their vectors concatenated (no renormalisation).
+
+    Each image is decoded once by the caller; every member then applies its own
+    preprocessing to that image.
+    """
+
+    def __init__(self, members: list[Member]) -> None:
+        if not members:
+            raise ValueError("an embedder needs at least one member")
+        self.members = members
+        self.offsets = [0]
+        for m in members[:-1]:
+            self.offsets.append(self.offsets[-1] + m.dim)
+        self.dim = sum(m.dim for m in members)
+
+    def preprocess(self, image: Image.Image) -> list[torch.Tensor]:
+        """Each member's input tensor for ``image``."""
+        return [m.preprocess(image) for m in self.members]
+
+    def embed(self, inputs: list[list[torch.Tensor]]) -> np.ndarray:
+        """Vectors for a batch: ``inputs[i]`` is ``preprocess`` of image i. float32 [n, dim]."""
+        if not inputs:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = []
+        for j, member in enumerate(self.members):
+            batch = torch.stack([x[j] for x in inputs])
+            parts.append(_encode_splitting(member, batch))
+        return torch.cat(parts, dim=1).cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        """The model configuration recorded in the dataset."""
+        return {
+            "dim": self.dim,
+            "members": [m.describe(o) for m, o in zip(self.members, self.offsets, strict=True)],
+        }
+
+    def fingerprint(self) -> str:
+        """Identity of what the vectors mean: equal fingerprints give comparable vectors."""
+        return model_fingerprint(self.describe())
+
+
+def model_fingerprint(description: dict[str, Any]) -> str:
+    """Hash of what decides the vectors' meaning: each member's model, weights, normalising.
+
+    Preprocessing follows from the model and its registry entry, so it is not hashed.
+    """
+    keep = [
+        {
+            "family": m["family"], "arch": m["arch"], "dim": m["dim"],
+            "normalize": m["normalize"],
+            "weights": {k: v for k, v in m["weights"].items() if k != "source"},
+        }
+        for m in description["members"]
+    ]
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _encode_splitting(member: Member, batch: torch.Tensor) -> torch.Tensor:
+    """Encode, halving the batch on out-of-memory instead of losing it."""
+    try:
+        return member.encode(batch)
+    except torch.OutOfMemoryError:
+        if batch.shape[0] == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = batch.shape[0] // 2
+        return torch.cat([_encode_splitting(member, batch[:half]),
+                          _encode_splitting(member, batch[half:])])

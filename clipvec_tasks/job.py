@@ -1,0 +1,260 @@
+"""The steps of one vectorize run as plain functions; ``flows/`` wires them into Prefect.
+
+list -> fetch weights -> plan (diff with the dataset) -> embed shards (fan-out)
+-> commit once -> summary. Nothing here knows Prefect or Hydra.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from . import dataset, staging
+from .decode import DEFAULT_MAX_PIXELS, DecodePolicy
+from .embedder import Embedder, model_fingerprint
+from .errors import ClipvecError
+from .members import MemberConfig, WeightsConfig, load_member, resolve_weights
+from .plan import Plan, Shard, make_plan
+from .progress import Progress
+from .registry import get_spec
+from .runtime import resolve_device, resolve_precision
+from .shard import embed_items
+from .sources import SourceItem, list_images
+from .weights import DEFAULT_CACHE_DIR, parse_pretrained
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything a run needs, as plain values (built from the Hydra config)."""
+
+    source_uri: str
+    sink_uri: str
+    members: tuple[MemberConfig, ...]
+    shard_size: int = 1000
+    source_options: dict[str, Any] = field(default_factory=dict)
+    sink_options: dict[str, Any] = field(default_factory=dict)
+    weights: WeightsConfig = WeightsConfig()
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 32
+    decode_workers: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> JobConfig:
+        """From the composed config (``source``, ``sink``, ``model``, ``runtime``, ``weights``)."""
+        src, sink, rt = cfg["source"], cfg["sink"], cfg.get("runtime", {})
+        w = cfg.get("weights", {}) or {}
+        members = tuple(
+            MemberConfig(str(m["name"]), None if m.get("pretrained") is None
+                         else str(m["pretrained"]), bool(m.get("normalize", True)),
+                         int(m.get("seed", 0)))
+            for m in cfg["model"]["members"]
+        )
+        if not members:
+            raise ClipvecError("model.members is empty: name at least one model, e.g. "
+                               "model=open_clip_vit_b32.")
+        if int(src.get("shard_size", 1000)) < 1 or int(rt.get("batch_size", 32)) < 1:
+            raise ClipvecError("source.shard_size and runtime.batch_size must be at least 1.")
+        return cls(
+            source_uri=str(src["uri"]),
+            sink_uri=_sink_uri(str(sink["uri"])),
+            members=members,
+            shard_size=int(src.get("shard_size", 1000)),
+            source_options=dict(src.get("storage_options") or {}),
+            sink_options=dict(sink.get("storage_options") or {}),
+            weights=WeightsConfig(
+                cache_dir=os.path.expanduser(str(w.get("cache_dir") or DEFAULT_CACHE_DIR)),
+                mirror=w.get("mirror"),
+                storage_options=tuple(sorted((w.get("storage_options") or {}).items())),
+            ),
+            device=str(rt.get("device", "auto")),
+            precision=str(rt.get("precision", "auto")),
+            batch_size=int(rt.get("batch_size", 32)),
+            decode_workers=rt.get("decode_workers"),
+            max_pixels=int(rt.get("max_pixels") or DEFAULT_MAX_PIXELS),
+        )
+
+
+def _sink_uri(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+# ---- listing and weights -------------------------------------------------------------
+
+def list_source(job: JobConfig) -> list[SourceItem]:
+    """The frozen listing of the source; an error when it holds no images."""
+    items = list(list_images(job.source_uri, job.source_options))
+    if not items:
+        raise ClipvecError(
+            f"The source '{job.source_uri}' holds no images (looked for files named *.jpg, "
+            "*.png, *.webp, *.gif, *.tif, ... in all subfolders). Check source.uri."
+        )
+    return items
+
+
+def fetch_weights(job: JobConfig) -> dict[str, Any]:
+    """Make every member's weights local (once, before the fan-out); describe the model.
+
+    Returns the model description the dataset records, without preprocessing
+    details (those come from the loaded members).
+    """
+    members, offset = [], 0
+    for m in job.members:
+        spec = get_spec(m.name)
+        ref = parse_pretrained(m.pretrained, spec.weights, m.seed)
+        resolved = resolve_weights(spec, ref, job.weights)
+        members.append({**spec.describe(), "weights": resolved.describe(), "offset": offset,
+                        "normalize": m.normalize})
+        offset += spec.dim
+    description = {"dim": offset, "members": members}
+    return {"model": description, "model_fingerprint": model_fingerprint(description)}
+
+
+# ---- planning ------------------------------------------------------------------------
+
+@dataclass
+class RunPlan:
+    plan: Plan
+    base_version: int | None
+    done: dict[int, dict[str, Any]]  # shards a killed try already finished
+
+    @property
+    def pending(self) -> list[Shard]:
+        return [s for s in self.plan.shards if s.index not in self.done]
+
+
+def plan_run(job: JobConfig, items: list[SourceItem], model: dict[str, Any]) -> RunPlan:
+    """Compare the listing with the dataset; refuse a dataset of another model."""
+    ds = dataset.open_dataset(job.sink_uri, job.sink_options)
+    existing: dict[str, tuple[Any, ...]] = {}
+    base = None
+    if ds is not None:
+        dataset.check_compatible(ds, model["model_fingerprint"], model["model"]["dim"],
+                                 job.sink_uri)
+        existing = dataset.fingerprints(ds)
+        base = ds.version
+    plan = make_plan(items, existing, job.shard_size, f"{model['model_fingerprint']}|{base}")
+    done = staging.read_markers(job.sink_uri, plan.plan_id, job.sink_options) if plan.shards \
+        else {}
+    return RunPlan(plan, base, done)
+
+
+# ---- the shard task ------------------------------------------------------------------
+
+_EMBEDDERS: dict[Any, Embedder] = {}
+_EMBEDDERS_LOCK = threading.Lock()
+
+
+def get_embedder(job: JobConfig) -> Embedder:
+    """This process's embedder for ``job``'s model: loaded once, reused by every shard."""
+    device = resolve_device(job.device)
+    precision = resolve_precision(job.precision, device)
+    key = (job.members, str(device), precision, job.weights)
+    with _EMBEDDERS_LOCK:
+        if key not in _EMBEDDERS:
+            if device.type == "cpu":
+                import torch
+
+                torch.set_num_threads(os.cpu_count() or 1)
+            _EMBEDDERS[key] = Embedder(
+                [load_member(m, device, precision, job.weights) for m in job.members])
+        return _EMBEDDERS[key]
+
+
+def _reader(options: dict[str, Any]):
+    def read(uri: str) -> bytes:
+        with fsspec.open(uri, "rb", **options) as f:
+            return f.read()
+    return read
+
+
+def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
+              progress: Progress | None = None) -> dict[str, Any]:
+    """Embed one shard into uncommitted fragments; mark it done; return its counts."""
+    t0 = time.perf_counter()
+    embedder = get_embedder(job)
+    statuses: Counter[str] = Counter()
+
+    def counted(batches):
+        for b in batches:
+            statuses.update(b.column("status").to_pylist())
+            yield b
+
+    batches = embed_items(shard.items, embedder, _reader(job.source_options), run_id,
+                          job.batch_size, job.decode_workers,
+                          DecodePolicy(max_pixels=job.max_pixels),
+                          progress.update if progress else None)
+    fragments = dataset.write_fragments(counted(batches), job.sink_uri, embedder.dim,
+                                        job.sink_options)
+    result = {"shard": shard.index, "fragments": fragments, "statuses": dict(statuses),
+              "rows": sum(statuses.values()), "seconds": time.perf_counter() - t0,
+              "model": embedder.describe()}
+    staging.write_marker(job.sink_uri, plan_id, shard.index, result, job.sink_options)
+    return result
+
+
+# ---- commit and summary ----------------------------------------------------------------
+
+def commit_run(job: JobConfig, run: RunPlan, results: list[dict[str, Any]],
+               model: dict[str, Any], run_id: str, extra_meta: dict[str, Any]) -> int:
+    """One commit for the whole run; returns the new version."""
+    fragments = [f for r in results for f in r["fragments"]]
+    described = results[0]["model"] if results else model["model"]
+    metadata = {"model": described, "model_fingerprint": model["model_fingerprint"],
+                "source": {"uri": job.source_uri}, **extra_meta}
+    ds = dataset.commit(job.sink_uri, fragments, described["dim"], metadata,
+                        new_ids=run.plan.ids, replace_ids=run.plan.changed_ids,
+                        base_version=run.base_version, storage_options=job.sink_options,
+                        message=f"clipvec run {run_id}")
+    staging.clear(job.sink_uri, run.plan.plan_id, job.sink_options)
+    return ds.version
+
+
+def summarize(run: RunPlan | None, results: list[dict[str, Any]], listed: int, dim: int,
+              version: int | None, seconds: float) -> dict[str, Any]:
+    statuses: Counter[str] = Counter()
+    for r in results:
+        statuses.update(r["statuses"])
+    embedded = sum(statuses.values())
+    return {
+        "listed": listed,
+        "new_or_changed": run.plan.todo if run else 0,
+        "embedded": embedded,
+        "ok": statuses.get("ok", 0),
+        "failed": {k: v for k, v in sorted(statuses.items()) if k != "ok"},
+        "resumed_shards": len(run.done) if run else 0,
+        "dim": dim,
+        "version": version,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(embedded / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def format_summary(s: dict[str, Any], sink: str) -> str:
+    failed = ", ".join(f"{k} {v}" for k, v in s["failed"].items()) or "none"
+    lines = [
+        f"clipvec: {s['listed']} images listed, {s['new_or_changed']} new or changed, "
+        f"{s['embedded']} embedded ({s['ok']} ok; failed: {failed})",
+        f"  dataset {sink} -> version {s['version']}, dim {s['dim']}",
+        f"  {s['seconds']} s, {s['images_per_second'] or 0} img/s",
+    ]
+    if s["resumed_shards"]:
+        lines.insert(1, f"  resumed {s['resumed_shards']} shard(s) finished by an earlier try")
+    return "\n".join(lines)
+
+
+def preflight(job: JobConfig) -> None:
+    """Cheap checks before any orchestration starts: model names, device, source exists."""
+    for m in job.members:
+        get_spec(m.name)
+    device = resolve_device(job.device)
+    resolve_precision(job.precision, device)
+    if next(iter(list_images(job.source_uri, job.source_options)), None) is None:
+        list_source(job)  # raises the "holds no images" error

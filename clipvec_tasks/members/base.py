@@ -1,0 +1,66 @@
+"""A loaded ensemble member: its image tower, its preprocessing, its precision."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..registry import ModelSpec
+from ..weights import ResolvedWeights
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Member:
+    """One model of an ensemble, ready to embed.
+
+    ``preprocess`` is the upstream library's own transform (PIL -> float tensor),
+    so embeddings match the reference implementation; ``tower`` maps a batch
+    of those tensors to features.
+    """
+
+    spec: ModelSpec
+    tower: torch.nn.Module
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    preprocessing: dict[str, Any]
+    weights: ResolvedWeights
+    device: torch.device
+    dtype: torch.dtype
+    normalize: bool = True
+    dim: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dim = self.spec.dim
+        self.tower.eval().requires_grad_(False)
+        self.tower.to(device=self.device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        """Features of a preprocessed batch: float32 [n, dim], unit-norm unless disabled."""
+        x = batch.to(self.device, dtype=self.dtype, non_blocking=True)
+        out = self.tower(x).float()
+        if out.shape[-1] != self.dim:
+            raise RuntimeError(f"{self.spec.name} produced dim {out.shape[-1]}, not {self.dim}")
+        return F.normalize(out, dim=-1) if self.normalize else out
+
+    def describe(self, offset: int) -> dict[str, Any]:
+        """What the dataset metadata records about this member."""
+        return {
+            **self.spec.describe(),
+            "weights": self.weights.describe(),
+            "offset": offset,
+            "normalize": self.normalize,
+            "preprocessing": self.preprocessing,
+        }
+
+
+def seeded(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (model constructors draw from it) and return a fork."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,84 @@
+"""OpenCLIP members (open_clip_torch): the image tower and its pretrained config's preprocessing."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+
+from ..registry import ModelSpec
+from ..weights import ResolvedWeights, WeightsRef, fetch_tag, load_state_dict
+from .base import seeded
+
+# keys that OpenAI's TorchScript checkpoints carry beside the parameters
+_NON_PARAMS = ("input_resolution", "context_length", "vocab_size")
+
+
+def _pretrained_cfg(arch: str, tag: str) -> dict[str, Any]:
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        known = [t for a, t in open_clip.list_pretrained() if a == arch]
+        from ..errors import ClipvecError
+
+        raise ClipvecError(
+            f"OpenCLIP has no pretrained tag '{tag}' for {arch}; its tags are: {', '.join(known)}."
+        )
+    return cfg
+
+
+def fetch(spec: ModelSpec, ref: WeightsRef, cache_dir: str, mirror: str | None,
+          storage_options: dict[str, object] | None) -> str:
+    """Download (or find) the weights file of tag ``ref.value`` for ``spec``."""
+    import open_clip
+
+    cfg = _pretrained_cfg(spec.arch, ref.value)
+    url = cfg.get("url") or ""
+    fname = os.path.basename(url) if url else "open_clip_pytorch_model.bin"
+    probe = url or "https://huggingface.co/"
+    return fetch_tag(
+        "open_clip", spec.arch, ref.value, f"open_clip/{spec.arch}/{ref.value}/{fname}",
+        lambda cache: open_clip.download_pretrained(cfg, cache_dir=cache),
+        cache_dir, mirror, probe, storage_options,
+    )
+
+
+def build(spec: ModelSpec, weights: ResolvedWeights) -> tuple[torch.nn.Module, Any, dict]:
+    """The image tower, the upstream preprocess, and a record of that preprocessing.
+
+    Preprocessing (mean, std, interpolation, resize mode) follows the registry
+    tag's pretrained config, whatever the weights' source.
+    """
+    import open_clip
+
+    tag = weights.ref.value if weights.ref.kind == "tag" else spec.weights
+    pcfg = _pretrained_cfg(spec.arch, tag)
+    seeded(weights.ref.seed)
+    logging.disable(logging.WARNING)  # open_clip warns on root that no weights were loaded
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.arch,
+            pretrained=None,
+            image_mean=pcfg.get("mean"),
+            image_std=pcfg.get("std"),
+            image_interpolation=pcfg.get("interpolation"),
+            image_resize_mode=pcfg.get("resize_mode"),
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    if weights.path is not None:
+        sd = {k: v for k, v in load_state_dict(weights.path).items() if k not in _NON_PARAMS}
+        model.load_state_dict(sd, strict=True)
+    size = model.visual.image_size
+    record = {
+        "library": "open_clip",
+        "image_size": list(size) if isinstance(size, tuple) else [size, size],
+        "mean": list(pcfg.get("mean", ())),
+        "std": list(pcfg.get("std", ())),
+        "interpolation": pcfg.get("interpolation", "bicubic"),
+        "resize_mode": pcfg.get("resize_mode", "shortest"),
+    }
+    return model.visual, preprocess, record

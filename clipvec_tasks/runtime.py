@@ -1,0 +1,43 @@
+"""Device and precision choices (``runtime.device`` / ``runtime.precision``)."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import ClipvecError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available else cpu; ``gpu`` is accepted for ``cuda``."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "gpu":
+        name = "cuda"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ClipvecError(
+                f"runtime.device={name} was asked for, but torch sees no CUDA GPU here. "
+                "Use runtime.device=cpu (or auto), or install a CUDA build of torch."
+            )
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ClipvecError(
+                f"runtime.device={name}: this machine has {torch.cuda.device_count()} GPU(s)."
+            )
+        return dev
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ClipvecError(f"runtime.device must be auto, cpu, cuda or cuda:N, not '{name}'.")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> fp32 on CPU, bf16 on GPU; otherwise one of fp32, bf16, fp16."""
+    p = (precision or "auto").strip().lower()
+    if p == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if p not in ("fp32", "bf16", "fp16"):
+        raise ClipvecError(f"runtime.precision must be auto, fp32, bf16 or fp16, not '{p}'.")
+    if p == "fp16" and device.type == "cpu":
+        raise ClipvecError("runtime.precision=fp16 needs a GPU; on CPU use fp32 or bf16.")
+    return p

@@ -1,0 +1,115 @@
+"""List the images of a source: a local folder, a file, a glob, or any fsspec URI."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+from .errors import ClipvecError
+
+# what is picked by name; content is confirmed at decode time
+IMAGE_EXTENSIONS = frozenset(
+    [".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".jpx", ".mpo", ".heic", ".heif", ".avif", ".svg", ".sgi", ".rgb", ".dds", ".pcx", ".psd", ".qoi"]
+)
+_GLOB_CHARS = "*?["
+
+
+@dataclass(slots=True, frozen=True)
+class SourceItem:
+    """One input image and the fingerprint that incremental runs compare."""
+
+    id: str
+    uri: str
+    size: int
+    etag: str | None
+    mtime: datetime | None
+
+
+def is_image_name(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _item(fs: AbstractFileSystem, path: str, info: dict[str, Any]) -> SourceItem:
+    uri = fs.unstrip_protocol(path)
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") \
+        or info.get("last_modified")
+    if isinstance(mtime, int | float):
+        mtime = datetime.fromtimestamp(mtime, tz=UTC)
+    elif isinstance(mtime, str):
+        mtime = datetime.fromisoformat(mtime.replace("Z", "+00:00"))
+    if isinstance(mtime, datetime) and mtime.tzinfo is None:
+        mtime = mtime.replace(tzinfo=UTC)
+    return SourceItem(uri, uri, int(info.get("size") or 0), str(etag).strip('"') if etag else None,
+                      mtime)
+
+
+def resolve(uri: str, storage_options: dict[str, Any] | None = None
+            ) -> tuple[AbstractFileSystem, str]:
+    """The filesystem and root path of ``uri`` (local paths made absolute)."""
+    if "://" not in uri:
+        uri = os.path.abspath(os.path.expanduser(uri))
+    try:
+        return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    except ImportError as e:
+        raise ClipvecError(
+            f"Reading '{uri}' needs an fsspec backend that is not installed ({e}). "
+            "Install clipvec's extra for it: pip install -e '.[s3]' (or gcs, azure)."
+        ) from e
+
+
+def list_images(uri: str, storage_options: dict[str, Any] | None = None) -> Iterator[SourceItem]:
+    """Yield every image under ``uri`` in a stable (sorted) order.
+
+    Folders are walked recursively, one directory at a time; hidden files and
+    folders (``.name``) are skipped. A path that exists is taken literally, so
+    names holding ``[`` or ``?`` are not mistaken for globs.
+    """
+    fs, root = resolve(uri, storage_options)
+    try:
+        if fs.isfile(root):
+            yield _item(fs, root, fs.info(root))
+            return
+        if fs.isdir(root):
+            yield from _walk(fs, root)
+            return
+    except PermissionError as e:
+        raise ClipvecError(f"Access to the source '{uri}' was denied: {e}") from e
+    if any(c in root for c in _GLOB_CHARS):
+        for path, info in sorted(fs.glob(root, detail=True).items()):
+            if info.get("type") == "directory":
+                yield from _walk(fs, path)
+            elif is_image_name(path):
+                yield _item(fs, path, info)
+        return
+    raise ClipvecError(
+        f"The source '{uri}' does not exist. Set source.uri to a folder, a file, a glob "
+        "(e.g. 'photos/**/*.jpg') or a bucket URI such as s3://bucket/prefix."
+    )
+
+
+def _walk(fs: AbstractFileSystem, root: str) -> Iterator[SourceItem]:
+    for dirpath, dirs, files in fs.walk(root, detail=True, topdown=True):
+        dirs_sorted = sorted(d for d in dirs if not d.startswith("."))
+        if isinstance(dirs, dict):
+            keep = {d: dirs[d] for d in dirs_sorted}
+            dirs.clear()
+            dirs.update(keep)
+        for name in sorted(files):
+            if name.startswith(".") or not is_image_name(name):
+                continue
+            info = files[name]
+            path = info.get("name") or f"{dirpath.rstrip('/')}/{name}"
+            yield _item(fs, path, info)
+
+
+def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    """The whole content of one input."""
+    with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+        return f.read()

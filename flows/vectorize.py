@@ -1,0 +1,196 @@
+"""clipvec's main job: a Prefect flow behind a Hydra command line.
+
+    python flows/vectorize.py source.uri=photos/ sink.uri=photos.lance model=open_clip_vit_b32
+
+Plans shards from a frozen listing, fans one task out per shard (decode, embed
+in batches, write Lance fragments), commits once, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `flows` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from clipvec_tasks import job as J
+from clipvec_tasks.errors import ClipvecError
+from clipvec_tasks.plan import Shard
+from clipvec_tasks.progress import Progress
+from clipvec_tasks.retry import is_transient
+
+_progress: Progress | None = None  # the terminal bar, shared by this process's shard tasks
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    exc = state.result(raise_on_failure=False)
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
+def _shard_name() -> str:
+    from prefect.runtime import task_run
+
+    shard = task_run.parameters.get("shard")
+    return f"embed-shard-{shard.index:05d}" if shard is not None else "embed-shard"
+
+
+@task(name="list-source", cache_policy=NO_CACHE)
+def list_source(job: J.JobConfig) -> list:
+    return J.list_source(job)
+
+
+@task(name="fetch-weights", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=_retry_transient)
+def fetch_weights(job: J.JobConfig) -> dict[str, Any] | str:
+    """Weights fetched once before the fan-out; a user error comes back as its message."""
+    try:
+        return J.fetch_weights(job)
+    except ClipvecError as e:
+        return str(e)
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def plan(job: J.JobConfig, items: list, model: dict[str, Any]) -> J.RunPlan | str:
+    try:
+        return J.plan_run(job, items, model)
+    except ClipvecError as e:
+        return str(e)
+
+
+@task(task_run_name=_shard_name, cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=[5, 30], retry_condition_fn=_retry_transient)
+def embed_shard(shard: Shard, job: J.JobConfig, plan_id: str, run_id: str) -> dict[str, Any]:
+    return J.run_shard(job, shard, plan_id, run_id, _progress)
+
+
+@task(name="commit", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=_retry_transient)
+def commit(job: J.JobConfig, run: J.RunPlan, results: list, model: dict, run_id: str) -> int:
+    return J.commit_run(job, run, results, model, run_id, _versions())
+
+
+def _versions() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    libs = {}
+    for name in ("clipvec", "torch", "torchvision", "open_clip_torch", "openai-clip", "pylance",
+                 "pillow", "prefect"):
+        try:
+            libs[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return {"clipvec_version": libs.pop("clipvec", None), "libraries": libs}
+
+
+def _run_id() -> str:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id or uuid.uuid4())
+
+
+@flow(name="vectorize", log_prints=False)
+def vectorize(config: dict[str, Any]) -> dict[str, Any]:
+    """Embed every new or changed image of ``config['source']`` into ``config['sink']``."""
+    global _progress
+    t0 = time.perf_counter()
+    logger = get_run_logger()
+    try:
+        job = J.JobConfig.from_dict(config)
+    except ClipvecError as e:
+        return Failed(message=str(e))
+    run_id = _run_id()
+    try:
+        items = list_source(job)
+    except ClipvecError as e:
+        return Failed(message=str(e))
+    model = fetch_weights(job)
+    if isinstance(model, str):
+        return Failed(message=model)
+    run = plan(job, items, model)
+    if isinstance(run, str):
+        return Failed(message=run)
+    logger.info("%d images listed, %d new or changed, %d shard(s) to embed (%d resumed)",
+                len(items), run.plan.todo, len(run.pending), len(run.done))
+    results: list[dict[str, Any]] = list(run.done.values())
+    version = None
+    if run.plan.shards:
+        _progress = Progress(sum(len(s.items) for s in run.pending))
+        try:
+            futures = embed_shard.map(run.pending, job=unmapped(job),
+                                      plan_id=unmapped(run.plan.plan_id), run_id=unmapped(run_id))
+            results += [f.result() for f in futures]
+        finally:
+            _progress.close()
+            _progress = None
+        results.sort(key=lambda r: r["shard"])
+        version = commit(job, run, results, model, run_id)
+    summary = J.summarize(run, results, len(items), model["model"]["dim"], version,
+                          time.perf_counter() - t0)
+    _artifact(summary, job.sink_uri)
+    print(J.format_summary(summary, job.sink_uri))
+    return summary
+
+
+def _artifact(summary: dict[str, Any], sink: str) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
+    create_markdown_artifact(f"## clipvec run\n\nsink: `{sink}`\n\n| | |\n|---|---|\n{rows}\n",
+                             key="clipvec-run-summary", description="clipvec run summary")
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    """Run the flow on ``config``; a user error raises ClipvecError with its paragraph."""
+    J.preflight(J.JobConfig.from_dict(config))
+    workers = int(config.get("runtime", {}).get("workers") or 1)
+    state = vectorize.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(
+        config, return_state=True)
+    if state.is_failed():
+        exc = state.result(raise_on_failure=False)
+        if isinstance(exc, BaseException) and not isinstance(exc, ClipvecError) \
+                and "Flow run encountered" not in str(state.message):
+            raise ClipvecError(state.message or "the run failed")
+        if isinstance(exc, BaseException) and not isinstance(exc, ClipvecError):
+            raise exc
+        raise ClipvecError(state.message or "the run failed")
+    return state.result()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The Hydra command line around :func:`run`."""
+    import hydra
+
+    from flows.hydra_config import CONF_DIR, expand_overrides, register, to_job_dict
+
+    register()
+    try:
+        sys.argv[1:] = expand_overrides(sys.argv[1:] if argv is None else argv)
+    except ClipvecError as e:
+        _die(e)
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def _hydra_main(cfg: Any) -> None:
+        try:
+            run(to_job_dict(cfg))
+        except ClipvecError as e:
+            _die(e)
+
+    _hydra_main()
+
+
+def _die(e: ClipvecError) -> None:
+    print(f"clipvec: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
