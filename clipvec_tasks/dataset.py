@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,8 +17,6 @@ if TYPE_CHECKING:
     from .shard import Prepared
 
 METADATA_KEY = b"clipvec"
-# Lance warns on stderr when a first write creates a dataset; that is the normal case here
-os.environ.setdefault("LANCE_LOG", "error")
 
 
 def schema(dim: int, metadata: dict[str, Any] | None = None) -> pa.Schema:

@@ -86,6 +86,15 @@ _ALIASES: dict[str, str] = {
 _BY_NAME: dict[str, ModelSpec] = {s.name: s for s in _MODELS}
 
 
+def register_model(spec: ModelSpec) -> None:
+    """Add a model to the registry at run time (custom architectures, tests)."""
+    if spec.family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, not {spec.family!r}")
+    global _MODELS
+    _MODELS = tuple(s for s in _MODELS if s.name != spec.name) + (spec,)
+    _BY_NAME[spec.name] = spec
+
+
 def registered_names(include_aliases: bool = True) -> list[str]:
     """Every registered name, aliases included unless asked otherwise."""
     names = [s.name for s in _MODELS]

@@ -55,7 +55,9 @@ def build(spec: ModelSpec, weights: ResolvedWeights) -> tuple[torch.nn.Module, A
     import open_clip
 
     tag = weights.ref.value if weights.ref.kind == "tag" else spec.weights
-    pcfg = _pretrained_cfg(spec.arch, tag)
+    # a model without a known tag (custom, tests) gets OpenCLIP's defaults
+    pcfg = _pretrained_cfg(spec.arch, tag) if weights.ref.kind == "tag" \
+        else open_clip.get_pretrained_cfg(spec.arch, tag) or {}
     seeded(weights.ref.seed)
     logging.disable(logging.WARNING)  # open_clip warns on root that no weights were loaded
     try:
@@ -76,8 +78,8 @@ def build(spec: ModelSpec, weights: ResolvedWeights) -> tuple[torch.nn.Module, A
     record = {
         "library": "open_clip",
         "image_size": list(size) if isinstance(size, tuple) else [size, size],
-        "mean": list(pcfg.get("mean", ())),
-        "std": list(pcfg.get("std", ())),
+        "mean": list(pcfg.get("mean") or open_clip.OPENAI_DATASET_MEAN),
+        "std": list(pcfg.get("std") or open_clip.OPENAI_DATASET_STD),
         "interpolation": pcfg.get("interpolation", "bicubic"),
         "resize_mode": pcfg.get("resize_mode", "shortest"),
     }

@@ -1,0 +1,47 @@
+"""`python flows/vectorize.py ...` exactly as users type it (CONTRACT.md's forms)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lance
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], cwd: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "CLIPVEC_CACHE_DIR": str(tmp / "c")}
+    return subprocess.run([sys.executable, str(ROOT / "flows" / "vectorize.py"), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_contract_command_on_nested_folder(image_dir, tmp_path):
+    out = tmp_path / "out.lance"
+    p = _run([f"source.uri={image_dir}", f"sink.uri={out}", "model=open_clip_vit_b32",
+              "model.members.0.pretrained=random", "runtime.device=cpu"], tmp_path, tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "7 embedded (7 ok" in p.stdout and "version 1, dim 512" in p.stdout
+    t = lance.dataset(str(out)).to_table().to_pandas()
+    assert len(t) == 7 and set(t.status) == {"ok"}
+    np.testing.assert_allclose(np.linalg.norm(np.stack(t.embedding), axis=1), 1, atol=1e-5)
+    assert not (tmp_path / "outputs").exists()  # Hydra leaves no output folders behind
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["model=open_clip_vit_b23"], "Closest registered names: open_clip_vit_b32"),
+        (["source.uri=/nonexistent/photos"], "does not exist"),
+        (["model=[tiny_unknown,resnet152]"], "Unknown model 'tiny_unknown'"),
+    ],
+)
+def test_user_errors_are_one_paragraph_without_traceback(args, expect, tmp_path):
+    p = _run([*args, f"sink.uri={tmp_path / 'o.lance'}", "runtime.device=cpu"], tmp_path, tmp_path)
+    assert p.returncode == 2
+    assert expect in p.stderr and "Traceback" not in p.stderr + p.stdout
+    assert p.stderr.strip().startswith("clipvec: error:")

@@ -1,0 +1,166 @@
+"""The vectorize flow in-process: rows, vectors, versions, metadata, errors."""
+
+from __future__ import annotations
+
+import json
+
+import lance
+import numpy as np
+import pytest
+
+from clipvec_tasks.errors import ClipvecError
+from flows.vectorize import run
+from tests.conftest import TINY_DIM, job_config, make_image
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _table(uri):
+    return lance.dataset(str(uri)).to_table().to_pandas()
+
+
+def test_folder_to_dataset_one_ok_row_per_image(image_dir, tmp_path):
+    sink = tmp_path / "out.lance"
+    summary = run(job_config(image_dir, sink))
+    df = _table(sink)
+    assert len(df) == 7 and set(df.status) == {"ok"}
+    assert df.id.is_unique
+    assert all(i.startswith("file://") and i.endswith((".jpg", ".png", ".webp", ".jpeg", ".gif"))
+               for i in df.id)
+    vecs = np.stack(df.embedding.to_numpy())
+    assert vecs.shape == (7, TINY_DIM) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert df.run_id.nunique() == 1 and df.run_id[0]
+    assert (df.width > 0).all() and (df.height > 0).all() and df.sha256.str.len().eq(64).all()
+    assert summary["ok"] == 7 and summary["version"] == 1 and summary["dim"] == TINY_DIM
+    ds = lance.dataset(str(sink))
+    meta = json.loads(ds.schema.metadata[b"clipvec"])
+    member = meta["model"]["members"][0]
+    assert member["family"] == "open_clip" and member["dim"] == TINY_DIM
+    assert member["weights"] == {"kind": "random", "pretrained": False, "seed": 0, "sha256": None}
+    assert member["preprocessing"]["image_size"] == [64, 64]
+    assert meta["clipvec_version"] and "torch" in meta["libraries"]
+    assert meta["source"]["uri"] == str(image_dir)
+
+
+def test_shards_and_batches_do_not_change_vectors(image_dir, tmp_path):
+    run(job_config(image_dir, tmp_path / "a.lance", shard_size=2, batch_size=1))
+    run(job_config(image_dir, tmp_path / "b.lance", shard_size=100, batch_size=8))
+    a = _table(tmp_path / "a.lance").set_index("id").sort_index()
+    b = _table(tmp_path / "b.lance").set_index("id").sort_index()
+    np.testing.assert_allclose(np.stack(a.embedding), np.stack(b.embedding), atol=1e-5)
+
+
+def test_rerun_adds_nothing_then_only_new_images(image_dir, tmp_path):
+    sink = tmp_path / "out.lance"
+    run(job_config(image_dir, sink))
+    again = run(job_config(image_dir, sink))
+    assert again["new_or_changed"] == 0 and again["version"] is None
+    assert lance.dataset(str(sink)).version == 1
+    for i in range(3):
+        make_image(image_dir / "new" / f"n{i}.png", seed=100 + i)
+    third = run(job_config(image_dir, sink))
+    ds = lance.dataset(str(sink))
+    assert third["embedded"] == 3 and ds.version == 2 and ds.count_rows() == 10
+
+
+def test_changed_image_replaces_its_row(image_dir, tmp_path):
+    sink = tmp_path / "out.lance"
+    run(job_config(image_dir, sink))
+    before = _table(sink).set_index("id")
+    target = image_dir / "b.png"
+    make_image(target, (200, 100), seed=999)
+    summary = run(job_config(image_dir, sink))
+    after = _table(sink).set_index("id")
+    key = next(i for i in after.index if i.endswith("/b.png"))
+    assert summary["embedded"] == 1 and len(after) == 7 and after.index.is_unique
+    assert after.loc[key, "width"] == 200 and after.loc[key, "sha256"] != before.loc[key, "sha256"]
+
+
+def test_ensemble_concatenates_members_in_order(image_dir, tmp_path):
+    sink = tmp_path / "ens.lance"
+    run(job_config(image_dir, sink, model=["tiny_clip", "resnet18"]))
+    single = tmp_path / "one.lance"
+    run(job_config(image_dir, single, model="resnet18"))
+    ens = _table(sink).set_index("id").sort_index()
+    one = _table(single).set_index("id").sort_index()
+    vecs = np.stack(ens.embedding)
+    assert vecs.shape == (7, TINY_DIM + 512)
+    np.testing.assert_allclose(np.linalg.norm(vecs[:, :TINY_DIM], axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(vecs[:, TINY_DIM:], np.stack(one.embedding), atol=1e-5)
+    meta = json.loads(lance.dataset(str(sink)).schema.metadata[b"clipvec"])
+    assert [(m["name"], m["offset"], m["dim"]) for m in meta["model"]["members"]] == [
+        ("tiny_clip", 0, TINY_DIM), ("resnet18", TINY_DIM, 512)]
+
+
+def test_other_model_configuration_is_refused(image_dir, tmp_path):
+    sink = tmp_path / "out.lance"
+    run(job_config(image_dir, sink))
+    with pytest.raises(ClipvecError, match="another model configuration"):
+        run(job_config(image_dir, sink, model="resnet18"))
+    cfg = job_config(image_dir, sink)
+    cfg["model"]["members"][0]["seed"] = 1
+    with pytest.raises(ClipvecError, match="another model configuration"):
+        run(cfg)
+
+
+def test_missing_source_and_empty_source(tmp_path):
+    with pytest.raises(ClipvecError, match="does not exist"):
+        run(job_config(tmp_path / "nope", tmp_path / "o.lance"))
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "readme.txt").write_text("x")
+    with pytest.raises(ClipvecError, match="holds no images"):
+        run(job_config(tmp_path / "empty", tmp_path / "o.lance"))
+
+
+def test_unknown_model_suggests_close_names(image_dir, tmp_path):
+    with pytest.raises(ClipvecError, match="open_clip_vit_b32") as e:
+        run(job_config(image_dir, tmp_path / "o.lance", model="open_clip_vit_b23"))
+    assert "clipvec models" in str(e.value)
+
+
+def test_weights_unavailable_offline_says_what_to_do(image_dir, tmp_path):
+    with pytest.raises(ClipvecError) as e:
+        run(job_config(image_dir, tmp_path / "o.lance", model="open_clip_vit_b32",
+                       pretrained="default"))
+    msg = str(e.value)
+    assert "cache" in msg and "pretrained=random" in msg and "checkpoint" in msg
+
+
+def test_killed_run_resumes_finished_shards(image_dir, tmp_path, monkeypatch):
+    """Shards finished before a crash are not embedded again; rows are not duplicated."""
+    from clipvec_tasks import job as J
+
+    sink = tmp_path / "out.lance"
+    real = J.run_shard
+    calls = []
+
+    def crash_on_third(job, shard, plan_id, run_id, progress=None):
+        calls.append(shard.index)
+        if shard.index == 1:
+            raise KeyboardInterrupt  # not retried: like a kill
+        return real(job, shard, plan_id, run_id, progress)
+
+    monkeypatch.setattr(J, "run_shard", crash_on_third)
+    with pytest.raises(BaseException):  # noqa: B017 - any way the run dies
+        run(job_config(image_dir, sink, shard_size=3, workers=1))
+    assert not (sink / "_versions").exists()  # nothing committed: readers see no half-run
+    calls.clear()
+    monkeypatch.setattr(J, "run_shard", lambda *a, **k: (calls.append(a[1].index), real(*a, **k))[1])
+    summary = run(job_config(image_dir, sink, shard_size=3, workers=1))
+    assert 1 in calls and 0 not in calls and summary["resumed_shards"] == 3 - len(calls)
+    df = _table(sink)
+    assert len(df) == 7 and df.id.is_unique and set(df.status) == {"ok"}
+    assert not (sink / "_clipvec_staging").exists()
+
+
+def test_dataset_reads_as_the_readme_shows(image_dir, tmp_path):
+    """README's reading recipe: Lance -> Arrow -> DuckDB / pandas."""
+    duckdb = pytest.importorskip("duckdb")
+    sink = tmp_path / "out.lance"
+    run(job_config(image_dir, sink))
+    ds = lance.dataset(str(sink))
+    images = ds.to_table(columns=["uri", "status", "embedding"])  # noqa: F841 - read by duckdb
+    n = duckdb.sql("select count(*) from images where status = 'ok'").fetchall()[0][0]
+    df = ds.to_table(filter="status = 'ok'").to_pandas()
+    assert n == 7 and len(df) == 7 and len(df.embedding[0]) == TINY_DIM
