@@ -74,7 +74,7 @@ def decode_image(data: bytes, name: str = "", policy: DecodePolicy | None = None
         return _fail("empty", "the file is empty")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # bombs are checked below; EXIF/TIFF noise is not ours
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > policy.max_pixels:
@@ -93,8 +93,8 @@ def decode_image(data: bytes, name: str = "", policy: DecodePolicy | None = None
             return _fail("unsupported", "an image format without a decoder here")
         return _fail("unidentified", "not an image Pillow recognises")
     except OSError as e:
-        msg = str(e)
-        if "truncated" in msg or "broken data stream" in msg or "unexpected end" in msg.lower():
+        msg, low = str(e), str(e).lower()
+        if "truncated" in low or "broken data stream" in low or "unexpected end" in low:
             return _fail("truncated", msg)
         return _fail("decode_error", f"{type(e).__name__}: {msg}")
     except MemoryError:
@@ -114,12 +114,12 @@ def _to_rgb(im: Image.Image, policy: DecodePolicy) -> Image.Image:
         arr = np.asarray(im, dtype=np.uint32 if mode == "I" else np.uint16).astype(np.uint32)
         # 'I' holds 16-bit sources widened to 32 bits: scale from 16 bits when above 8
         shift = 8 if mode != "I" or arr.max(initial=0) > 255 else 0
-        im = Image.fromarray(np.clip(arr >> shift, 0, 255).astype(np.uint8), "L")
+        im = Image.fromarray(np.clip(arr >> shift, 0, 255).astype(np.uint8))
     elif mode == "F":
         arr = np.nan_to_num(np.asarray(im, dtype=np.float32))
         hi = float(arr.max(initial=0.0))
         scale = 255.0 if hi <= 1.0 else (255.0 / hi if hi > 0 else 1.0)
-        im = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
+        im = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8))
     if im.mode == "P" and "transparency" in im.info or im.mode in ("PA", "LA", "La", "RGBa"):
         im = im.convert("RGBA")
     if im.mode == "RGBA":

@@ -194,8 +194,12 @@ def fetch_tag(
         raise
     except Exception as e:  # the libraries raise URLError, OSError, HF errors, RuntimeError
         raise _offline_error(family, arch, tag, cache_dir, mirror, str(e).splitlines()[0]) from e
-    if mirror:
-        fs.put_file(path, remote)
+    if mirror:  # publish for the next worker; a read-only mirror is not an error
+        try:
+            fs.makedirs(remote.rsplit("/", 1)[0], exist_ok=True)
+            fs.put_file(path, remote)
+        except (PermissionError, OSError):
+            pass
     return path
 
 

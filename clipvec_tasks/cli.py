@@ -1,0 +1,111 @@
+"""The ``clipvec`` command: models, embed, search, datasets show, export."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from .errors import ClipvecError
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from .registry import list_models
+
+    rows = [("name", "family", "dim", "input", "weights", "architecture")]
+    for s in list_models():
+        name = f"{s.name} (= {s.alias_of})" if s.alias_of else s.name
+        rows.append((name, s.family, str(s.dim), str(s.input_size), s.weights, s.arch))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print("\nAny other torchvision classification architecture is accepted by its torchvision "
+          "name (e.g. resnet50, convnext_tiny).")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .decode import decode_image
+    from .embedder import Embedder
+    from .members import MemberConfig, WeightsConfig, load_member
+    from .runtime import resolve_device, resolve_precision
+    from .sources import list_images, read_bytes
+
+    t0 = time.perf_counter()
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    weights = WeightsConfig(cache_dir=args.cache_dir) if args.cache_dir else WeightsConfig()
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    embedder = Embedder([load_member(MemberConfig(n, args.pretrained), device, precision, weights)
+                         for n in names])
+    items = list(list_images(args.path))
+    if not items:
+        raise ClipvecError(f"'{args.path}' holds no images.")
+    t1 = time.perf_counter()
+    vectors, failed = [], []
+    for start in range(0, len(items), args.batch_size):
+        batch, inputs = items[start:start + args.batch_size], []
+        for it in batch:
+            d = decode_image(read_bytes(it.uri), it.uri)
+            if d.image is None:
+                failed.append((it.uri, d.status, d.error))
+            else:
+                inputs.append(embedder.preprocess(d.image))
+        if inputs:
+            vectors.append(embedder.embed(inputs))
+    t2 = time.perf_counter()
+    print(f"models: {', '.join(names)} (weights: {args.pretrained or 'default'}, {precision})")
+    print(f"device: {device}")
+    print(f"images: {len(items)} ({len(items) - len(failed)} ok, {len(failed)} failed)")
+    for uri, status, err in failed:
+        print(f"  failed: {uri}: {status}: {err}")
+    print(f"time: load {t1 - t0:.2f} s, embed {t2 - t1:.2f} s "
+          f"({(len(items) - len(failed)) / max(t2 - t1, 1e-9):.1f} img/s)")
+    if not vectors:
+        return
+    arr = np.concatenate(vectors)
+    v = arr[0] if len(arr) == 1 else arr
+    print(f"vector shape: {tuple(v.shape)}")
+    print(f"first 10: {np.array2string(arr[0][:10], precision=4, separator=', ')}")
+    print(f"mean: {float(arr.mean()):.6f}  std: {float(arr.std()):.6f}")
+    if args.output:
+        np.save(args.output, arr)
+        print(f"saved: {args.output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clipvec", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("models", help="list every registered model")
+    m.set_defaults(fn=cmd_models)
+    e = sub.add_parser("embed", help="embed one image or a folder and print a summary")
+    e.add_argument("path")
+    e.add_argument("--models", default="open_clip_vit_b32", help="A or A,B (an ensemble)")
+    e.add_argument("--pretrained", default=None, help="random, a checkpoint path, or a tag")
+    e.add_argument("--device", default="auto", help="auto, cpu, gpu, cuda:N")
+    e.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16")
+    e.add_argument("--batch_size", "--batch-size", type=int, default=32)
+    e.add_argument("--cache_dir", "--cache-dir", default=None)
+    e.add_argument("--output", "-o", default=None, help="save the vectors as .npy")
+    e.set_defaults(fn=cmd_embed)
+    from . import cli_dataset
+
+    cli_dataset.add_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except ClipvecError as e:
+        print(f"clipvec: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except BrokenPipeError:
+        pass
+
+
+if __name__ == "__main__":
+    main()
