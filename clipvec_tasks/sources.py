@@ -72,6 +72,7 @@ def list_images(uri: str, storage_options: dict[str, Any] | None = None) -> Iter
     names holding ``[`` or ``?`` are not mistaken for globs.
     """
     fs, root = resolve(uri, storage_options)
+    fs.invalidate_cache()  # a listing cached by an earlier run in this process is stale
     try:
         if fs.isfile(root):
             yield _item(fs, root, fs.info(root))
