@@ -45,6 +45,7 @@ class JobConfig:
     batch_size: int = 32
     decode_workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    on_deleted: str = "keep"  # rows of inputs gone from the source: keep or delete
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> JobConfig:
@@ -79,7 +80,14 @@ class JobConfig:
             batch_size=int(rt.get("batch_size", 32)),
             decode_workers=rt.get("decode_workers"),
             max_pixels=int(rt.get("max_pixels") or DEFAULT_MAX_PIXELS),
+            on_deleted=_on_deleted(sink.get("on_deleted", "keep")),
         )
+
+
+def _on_deleted(value: object) -> str:
+    if value not in ("keep", "delete"):
+        raise ClipvecError(f"sink.on_deleted must be keep or delete, not '{value}'.")
+    return str(value)
 
 
 def _sink_uri(uri: str) -> str:
@@ -207,13 +215,17 @@ def commit_run(job: JobConfig, run: RunPlan, results: list[dict[str, Any]],
     """One commit for the whole run; returns the new version."""
     fragments = [f for r in results for f in r["fragments"]]
     described = results[0]["model"] if results else model["model"]
+    replace = list(run.plan.changed_ids)
+    if job.on_deleted == "delete":
+        replace += run.plan.deleted_ids
     metadata = {"model": described, "model_fingerprint": model["model_fingerprint"],
                 "source": {"uri": job.source_uri}, **extra_meta}
     ds = dataset.commit(job.sink_uri, fragments, described["dim"], metadata,
-                        new_ids=run.plan.ids, replace_ids=run.plan.changed_ids,
+                        new_ids=run.plan.ids, replace_ids=replace,
                         base_version=run.base_version, storage_options=job.sink_options,
                         message=f"clipvec run {run_id}")
-    staging.clear(job.sink_uri, run.plan.plan_id, job.sink_options)
+    if run.plan.shards:
+        staging.clear(job.sink_uri, run.plan.plan_id, job.sink_options)
     return ds.version
 
 
@@ -226,6 +238,7 @@ def summarize(run: RunPlan | None, results: list[dict[str, Any]], listed: int, d
     return {
         "listed": listed,
         "new_or_changed": run.plan.todo if run else 0,
+        "deleted_in_source": len(run.plan.deleted_ids) if run else 0,
         "embedded": embedded,
         "ok": statuses.get("ok", 0),
         "failed": {k: v for k, v in sorted(statuses.items()) if k != "ok"},

@@ -29,6 +29,10 @@ from clipvec_tasks.progress import Progress
 from clipvec_tasks.retry import is_transient
 
 _progress: Progress | None = None  # the terminal bar, shared by this process's shard tasks
+# storage options given on the command line stay out of Prefect parameters (they may hold
+# credentials): run() keeps them here and the flow merges them back in this process
+_private_options: dict[str, dict[str, Any]] = {}
+_OPTION_GROUPS = ("source", "sink", "weights")
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -104,7 +108,7 @@ def vectorize(config: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     logger = get_run_logger()
     try:
-        job = J.JobConfig.from_dict(config)
+        job = J.JobConfig.from_dict(_with_private_options(config))
     except ClipvecError as e:
         return Failed(message=str(e))
     run_id = _run_id()
@@ -122,22 +126,59 @@ def vectorize(config: dict[str, Any]) -> dict[str, Any]:
                 len(items), run.plan.todo, len(run.pending), len(run.done))
     results: list[dict[str, Any]] = list(run.done.values())
     version = None
-    if run.plan.shards:
-        _progress = Progress(sum(len(s.items) for s in run.pending))
-        try:
-            futures = embed_shard.map(run.pending, job=unmapped(job),
-                                      plan_id=unmapped(run.plan.plan_id), run_id=unmapped(run_id))
-            results += [f.result() for f in futures]
-        finally:
-            _progress.close()
-            _progress = None
-        results.sort(key=lambda r: r["shard"])
+    if run.pending:
+        results += _embed_all(job, run, run_id)
+    results.sort(key=lambda r: r["shard"])
+    if run.plan.shards or (job.on_deleted == "delete" and run.plan.deleted_ids):
         version = commit(job, run, results, model, run_id)
     summary = J.summarize(run, results, len(items), model["model"]["dim"], version,
                           time.perf_counter() - t0)
     _artifact(summary, job.sink_uri)
     print(J.format_summary(summary, job.sink_uri))
     return summary
+
+
+def _embed_all(job: J.JobConfig, run: J.RunPlan, run_id: str) -> list[dict[str, Any]]:
+    """Fan out one task per pending shard; a progress bar here, a progress artifact in the UI."""
+    global _progress
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.futures import as_completed
+
+    total = len(run.pending)
+    artifact = create_progress_artifact(0.0, key="clipvec-progress",
+                                        description="shards embedded")
+    _progress = Progress(sum(len(s.items) for s in run.pending))
+    results = []
+    try:
+        futures = embed_shard.map(run.pending, job=unmapped(job),
+                                  plan_id=unmapped(run.plan.plan_id), run_id=unmapped(run_id))
+        for future in as_completed(list(futures)):
+            results.append(future.result())
+            update_progress_artifact(artifact, 100.0 * len(results) / total)
+    finally:
+        _progress.close()
+        _progress = None
+    return results
+
+
+def _with_private_options(config: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(config)
+    for group, options in _private_options.items():
+        merged[group] = {**merged.get(group, {}), "storage_options": options}
+    return merged
+
+
+def _public(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without storage options (kept in-process, never a Prefect parameter)."""
+    _private_options.clear()
+    public = dict(config)
+    for group in _OPTION_GROUPS:
+        section = dict(public.get(group) or {})
+        options = section.pop("storage_options", None)
+        if options:
+            _private_options[group] = dict(options)
+        public[group] = section
+    return public
 
 
 def _artifact(summary: dict[str, Any], sink: str) -> None:
@@ -153,7 +194,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     J.preflight(J.JobConfig.from_dict(config))
     workers = int(config.get("runtime", {}).get("workers") or 1)
     state = vectorize.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(
-        config, return_state=True)
+        _public(config), return_state=True)
     if state.is_failed():
         exc = state.result(raise_on_failure=False)
         if isinstance(exc, BaseException) and not isinstance(exc, ClipvecError) \

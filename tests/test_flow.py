@@ -164,3 +164,36 @@ def test_dataset_reads_as_the_readme_shows(image_dir, tmp_path):
     n = duckdb.sql("select count(*) from images where status = 'ok'").fetchall()[0][0]
     df = ds.to_table(filter="status = 'ok'").to_pandas()
     assert n == 7 and len(df) == 7 and len(df.embedding[0]) == TINY_DIM
+
+
+def test_deleted_sources_are_kept_or_deleted_by_policy(image_dir, tmp_path):
+    sink = tmp_path / "out.lance"
+    run(job_config(image_dir, sink))
+    (image_dir / "a.jpg").unlink()
+    kept = run(job_config(image_dir, sink))
+    assert kept["deleted_in_source"] == 1 and lance.dataset(str(sink)).count_rows() == 7
+    cfg = job_config(image_dir, sink)
+    cfg["sink"]["on_deleted"] = "delete"
+    gone = run(cfg)
+    ds = lance.dataset(str(sink))
+    assert gone["version"] == 2 and ds.count_rows() == 6
+    assert not any(i.endswith("/a.jpg") for i in ds.to_table(columns=["id"])["id"].to_pylist())
+
+
+def test_storage_options_stay_out_of_prefect_parameters(image_dir, tmp_path):
+    from prefect import get_client
+
+    cfg = job_config(image_dir, tmp_path / "o.lance")
+    cfg["source"]["storage_options"] = {"secret": "hunter2-secret"}
+    run(cfg)
+
+    async def last_params():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(limit=1, sort="START_TIME_DESC")
+            return runs[0].parameters
+
+    import asyncio
+
+    params = asyncio.run(last_params())
+    assert params["config"]["source"]["uri"] == str(image_dir)
+    assert "hunter2-secret" not in str(params)
