@@ -159,14 +159,20 @@ def commit(uri: str, fragments: Sequence[str], dim: int, metadata: dict[str, Any
         if ds is None:
             op = lance.LanceOperation.Overwrite(schema(dim, metadata), new)
             try:
-                return lance.LanceDataset.commit(uri, op, storage_options=storage_options or None,
-                                                 commit_message=message)
+                created = lance.LanceDataset.commit(uri, op, read_version=0,
+                                                    storage_options=storage_options or None,
+                                                    commit_message=message)
             except OSError as e:  # another run created it first: append instead
                 if "exist" not in str(e).lower() and "conflict" not in str(e).lower():
                     raise
                 continue
+            if created.version == 1:
+                return created
+            # another run created the dataset first and this overwrite replaced it:
+            # bring its rows back, less the ids this commit wrote
+            return _restore_overwritten(created, written, storage_options, message)
         doomed = set(replace)
-        if base_version is not None and ds.version != base_version:
+        if ds.version != base_version:  # someone committed since we planned (or created it)
             doomed |= _ids_committed_since(ds, base_version) & written
         removed, updated = [], []
         if doomed:
@@ -193,8 +199,33 @@ def commit(uri: str, fragments: Sequence[str], dim: int, metadata: dict[str, Any
     raise ClipvecError(f"Could not commit to '{uri}': too many concurrent writers.")
 
 
-def _ids_committed_since(ds: lance.LanceDataset, version: int) -> set[str]:
-    old = {f.fragment_id for f in ds.checkout_version(version).get_fragments()}
+def _restore_overwritten(ds: lance.LanceDataset, written: set[str],
+                         storage_options: dict[str, Any] | None, message: str | None
+                         ) -> lance.LanceDataset:
+    """Re-add the rows of the version an overwrite replaced, less the ids it wrote.
+
+    Only reached when two runs created the same dataset at once; the rows are
+    copied into new fragments (a rare path, so simplicity beats speed here).
+    """
+    import lance
+    from lance.fragment import write_fragments as lance_write
+
+    prev = ds.checkout_version(ds.version - 1)
+    pred = "id NOT IN (" + ",".join(_quote(i) for i in sorted(written)) + ")" if written else None
+    reader = prev.scanner(filter=pred).to_reader()
+    frags = lance_write(reader, ds.uri, schema=reader.schema,
+                        storage_options=storage_options or None)
+    if not frags:
+        return ds
+    return lance.LanceDataset.commit(ds.uri, lance.LanceOperation.Append(frags),
+                                     read_version=ds.version,
+                                     storage_options=storage_options or None,
+                                     commit_message=message)
+
+
+def _ids_committed_since(ds: lance.LanceDataset, version: int | None) -> set[str]:
+    old = {f.fragment_id for f in ds.checkout_version(version).get_fragments()} \
+        if version is not None else set()
     ids: set[str] = set()
     for frag in ds.get_fragments():
         if frag.fragment_id not in old:
