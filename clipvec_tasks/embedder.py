@@ -43,6 +43,24 @@ class Embedder:
             parts.append(_encode_splitting(member, batch))
         return torch.cat(parts, dim=1).cpu().numpy()
 
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    @property
+    def supports_tensors(self) -> bool:
+        """Whether every member's preprocessing can run batched on tensors."""
+        return all(m.tensor_transform is not None for m in self.members)
+
+    def preprocess_tensors(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each member's input batch from uint8 [3, H, W] images already on the device."""
+        return [m.tensor_transform(images, m.dtype) for m in self.members]
+
+    def encode_inputs(self, inputs: list[torch.Tensor]) -> np.ndarray:
+        """Vectors from per-member input batches (``preprocess_tensors``). float32 [n, dim]."""
+        parts = [_encode_splitting(m, x) for m, x in zip(self.members, inputs, strict=True)]
+        return torch.cat(parts, dim=1).cpu().numpy()
+
     def describe(self) -> dict[str, Any]:
         """The model configuration recorded in the dataset."""
         return {

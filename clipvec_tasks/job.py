@@ -6,6 +6,7 @@ list -> fetch weights -> plan (diff with the dataset) -> embed shards (fan-out)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -46,6 +47,7 @@ class JobConfig:
     decode_workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     on_deleted: str = "keep"  # rows of inputs gone from the source: keep or delete
+    preprocess: str = "auto"  # auto (tensor on GPU, pil on CPU), pil, tensor
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> JobConfig:
@@ -81,12 +83,18 @@ class JobConfig:
             decode_workers=rt.get("decode_workers"),
             max_pixels=int(rt.get("max_pixels") or DEFAULT_MAX_PIXELS),
             on_deleted=_on_deleted(sink.get("on_deleted", "keep")),
+            preprocess=_choice("runtime.preprocess", rt.get("preprocess", "auto"),
+                               ("auto", "pil", "tensor")),
         )
 
 
 def _on_deleted(value: object) -> str:
-    if value not in ("keep", "delete"):
-        raise ClipvecError(f"sink.on_deleted must be keep or delete, not '{value}'.")
+    return _choice("sink.on_deleted", value, ("keep", "delete"))
+
+
+def _choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ClipvecError(f"{key} must be one of {', '.join(allowed)}, not '{value}'.")
     return str(value)
 
 
@@ -176,6 +184,13 @@ def get_embedder(job: JobConfig) -> Embedder:
         return _EMBEDDERS[key]
 
 
+def prewarm(job: JobConfig) -> None:
+    """Load ``job``'s model into this process's cache ahead of the shards (errors surface later,
+    in the tasks that need the model)."""
+    with contextlib.suppress(Exception):
+        get_embedder(job)
+
+
 def _reader(options: dict[str, Any]):
     def read(uri: str) -> bytes:
         with fsspec.open(uri, "rb", **options) as f:
@@ -188,6 +203,7 @@ def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
     """Embed one shard into uncommitted fragments; mark it done; return its counts."""
     t0 = time.perf_counter()
     embedder = get_embedder(job)
+    t_ready = time.perf_counter()
     statuses: Counter[str] = Counter()
 
     def counted(batches):
@@ -198,11 +214,12 @@ def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
     batches = embed_items(shard.items, embedder, _reader(job.source_options), run_id,
                           job.batch_size, job.decode_workers,
                           DecodePolicy(max_pixels=job.max_pixels),
-                          progress.update if progress else None)
+                          progress.update if progress else None, job.preprocess)
     fragments = dataset.write_fragments(counted(batches), job.sink_uri, embedder.dim,
                                         job.sink_options)
     result = {"shard": shard.index, "fragments": fragments, "statuses": dict(statuses),
               "rows": sum(statuses.values()), "seconds": time.perf_counter() - t0,
+              "embed_seconds": time.perf_counter() - t_ready,
               "model": embedder.describe()}
     staging.write_marker(job.sink_uri, plan_id, shard.index, result, job.sink_options)
     return result
@@ -235,6 +252,7 @@ def summarize(run: RunPlan | None, results: list[dict[str, Any]], listed: int, d
     for r in results:
         statuses.update(r["statuses"])
     embedded = sum(statuses.values())
+    embed_seconds = sum(r.get("embed_seconds", 0.0) for r in results)
     return {
         "listed": listed,
         "new_or_changed": run.plan.todo if run else 0,
@@ -247,6 +265,8 @@ def summarize(run: RunPlan | None, results: list[dict[str, Any]], listed: int, d
         "version": version,
         "seconds": round(seconds, 2),
         "images_per_second": round(embedded / seconds, 1) if seconds > 0 else None,
+        # per worker, model loading excluded
+        "steady_images_per_second": round(embedded / embed_seconds, 1) if embed_seconds else None,
     }
 
 
@@ -256,7 +276,9 @@ def format_summary(s: dict[str, Any], sink: str) -> str:
         f"clipvec: {s['listed']} images listed, {s['new_or_changed']} new or changed, "
         f"{s['embedded']} embedded ({s['ok']} ok; failed: {failed})",
         f"  dataset {sink} -> version {s['version']}, dim {s['dim']}",
-        f"  {s['seconds']} s, {s['images_per_second'] or 0} img/s",
+        f"  {s['seconds']} s, {s['images_per_second'] or 0} img/s"
+        + (f" (embedding: steady {s['steady_images_per_second']} img/s)"
+           if s["steady_images_per_second"] else ""),
     ]
     if s["resumed_shards"]:
         lines.insert(1, f"  resumed {s['resumed_shards']} shard(s) finished by an earlier try")

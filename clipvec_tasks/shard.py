@@ -1,26 +1,38 @@
 """The shard stream: read -> decode -> preprocess -> batch -> embed -> Arrow batches.
 
-Reads and decodes run ahead in a thread pool (bounded look-ahead, so memory
+Reads and CPU decodes run ahead in a thread pool (bounded look-ahead, so memory
 stays flat whatever the shard size); the model runs on the calling thread.
 Every input yields exactly one row, in input order; per-image failures are
 rows with a status, never exceptions.
+
+Two preprocessing paths:
+- ``pil`` (CPU default): each member's upstream PIL transform, in the threads.
+- ``tensor`` (GPU default): JPEGs decoded in batches on the GPU (nvJPEG), other
+  files on the CPU, then every member's resize/crop/normalise done for the whole
+  batch on the GPU (:mod:`tensor_preprocess`), in a staging thread on its own
+  CUDA stream so the next batch is prepared while the model runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
 from .dataset import rows_to_batch
 from .decode import DecodePolicy, decode_image
 from .embedder import Embedder
+from .jpeg import decode_jpegs_on_device, jpeg_info
 from .retry import is_transient, with_retries
 from .sources import SourceItem
 
@@ -36,29 +48,43 @@ class Prepared:
     width: int | None = None
     height: int | None = None
     frames: int | None = None
-    inputs: list[torch.Tensor] | None = None
+    inputs: list[torch.Tensor] | None = None  # pil path: each member's input
+    pixels: torch.Tensor | None = None  # tensor path: uint8 [3, H, W]
+    jpeg: bytes | None = None  # tensor path: to be decoded on the device
 
 
-def prepare(item: SourceItem, read: Callable[[str], bytes], embedder: Embedder,
-            policy: DecodePolicy) -> Prepared:
-    """Read, hash, decode and preprocess one input; only exhausted transient errors raise."""
+def _read(item: SourceItem, read: Callable[[str], bytes]) -> bytes | Prepared:
     try:
-        data = with_retries(lambda: read(item.uri))
+        return with_retries(lambda: read(item.uri))
     except Exception as e:
         if is_transient(e):
             raise  # the shard is retried as a whole
         return Prepared(item, "io_error", f"{type(e).__name__}: {e}"[:300])
+
+
+def prepare(item: SourceItem, read: Callable[[str], bytes], embedder: Embedder,
+            policy: DecodePolicy, tensor_path: bool = False) -> Prepared:
+    """Read, hash, decode and preprocess one input; only exhausted transient errors raise."""
+    data = _read(item, read)
+    if isinstance(data, Prepared):
+        return data
     digest = hashlib.sha256(data).hexdigest()
+    if tensor_path:
+        info = jpeg_info(data)
+        if info and info.components in (1, 3) and info.width * info.height <= policy.max_pixels:
+            return Prepared(item, "ok", None, digest, info.width, info.height, 1, jpeg=data)
     decoded = decode_image(data, item.uri, policy)
     if decoded.image is None:
         return Prepared(item, decoded.status, decoded.error, digest)
+    p = Prepared(item, "ok", None, digest, decoded.width, decoded.height, decoded.frames)
     try:
-        inputs = embedder.preprocess(decoded.image)
+        if tensor_path:
+            p.pixels = torch.from_numpy(np.array(decoded.image)).permute(2, 0, 1)
+        else:
+            p.inputs = embedder.preprocess(decoded.image)
     except Exception as e:  # a transform that cannot take this image
-        return Prepared(item, "decode_error", f"preprocess: {type(e).__name__}: {e}"[:300],
-                        digest, decoded.width, decoded.height, decoded.frames)
-    return Prepared(item, "ok", None, digest, decoded.width, decoded.height, decoded.frames,
-                    inputs)
+        p.status, p.error = "decode_error", f"preprocess: {type(e).__name__}: {e}"[:300]
+    return p
 
 
 def embed_items(
@@ -70,44 +96,158 @@ def embed_items(
     workers: int | None = None,
     policy: DecodePolicy | None = None,
     on_rows: Callable[[int], None] | None = None,
+    preprocess: str = "auto",
 ) -> Iterator[pa.RecordBatch]:
     """Yield one Arrow batch per model batch, rows in input order."""
     workers = workers or min(8, (os.cpu_count() or 2))
     policy = policy or DecodePolicy()
-    lookahead = max(2 * batch_size, 4 * workers)
-    window: list[Prepared] = []
-    ok = 0
-    with ThreadPoolExecutor(workers, thread_name_prefix="clipvec-decode") as pool:
-        pending: deque[Future[Prepared]] = deque()
-        it = iter(items)
-
-        def fill() -> None:
-            while len(pending) < lookahead:
-                item = next(it, None)
-                if item is None:
-                    return
-                pending.append(pool.submit(prepare, item, read, embedder, policy))
-
-        fill()
-        while pending:
-            p = pending.popleft().result()
-            fill()
-            window.append(p)
-            ok += p.status == "ok"
-            if ok >= batch_size:
-                yield _flush(window, embedder, run_id, on_rows)
-                window, ok = [], 0
-        if window:
-            yield _flush(window, embedder, run_id, on_rows)
+    tensor_path = _use_tensor_path(preprocess, embedder)
+    prepared = _prefetch(items, lambda it: prepare(it, read, embedder, policy, tensor_path),
+                         workers, max(2 * batch_size, 4 * workers))
+    windows = _windows(prepared, batch_size)
+    if not tensor_path:
+        for window in windows:
+            oks = [p for p in window if p.status == "ok"]
+            vectors = embedder.embed([p.inputs for p in oks])  # type: ignore[misc]
+            yield _rows(window, vectors, embedder, run_id, on_rows)
+        return
+    stream = torch.cuda.Stream(embedder.device) if embedder.device.type == "cuda" else None
+    for window, inputs, event in _background(_stage(windows, embedder, policy, stream), 2):
+        if event is not None:
+            torch.cuda.current_stream(embedder.device).wait_event(event)
+        vectors = embedder.encode_inputs(inputs) if inputs else np.zeros((0, embedder.dim),
+                                                                           np.float32)
+        yield _rows(window, vectors, embedder, run_id, on_rows)
 
 
-def _flush(window: list[Prepared], embedder: Embedder, run_id: str,
-           on_rows: Callable[[int], None] | None) -> pa.RecordBatch:
-    oks = [p for p in window if p.status == "ok"]
-    vectors = embedder.embed([p.inputs for p in oks])  # type: ignore[misc]
-    for p in oks:
-        p.inputs = None  # free the tensors as soon as they are embedded
+def _use_tensor_path(preprocess: str, embedder: Embedder) -> bool:
+    if preprocess == "pil":
+        return False
+    if preprocess == "tensor":
+        if not embedder.supports_tensors:
+            raise ValueError("a member's preprocessing has no tensor equivalent; use pil")
+        return True
+    return embedder.device.type == "cuda" and embedder.supports_tensors
+
+
+def _rows(window: list[Prepared], vectors: np.ndarray, embedder: Embedder, run_id: str,
+          on_rows: Callable[[int], None] | None) -> pa.RecordBatch:
+    for p in window:  # free images as soon as they are embedded
+        p.inputs = p.pixels = p.jpeg = None
     batch = rows_to_batch(window, vectors, embedder.dim, run_id)
     if on_rows:
         on_rows(len(window))
     return batch
+
+
+def _stage(windows: Iterable[list[Prepared]], embedder: Embedder, policy: DecodePolicy,
+           stream: Any) -> Iterator[tuple[list[Prepared], list[torch.Tensor], Any]]:
+    """Device decode + batched preprocessing, one window at a time (runs in a thread)."""
+    device = embedder.device
+    for window in windows:
+        ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
+        with ctx, torch.inference_mode():
+            jpegs = [p for p in window if p.status == "ok" and p.jpeg is not None]
+            decoded = decode_jpegs_on_device([p.jpeg for p in jpegs], device)  # type: ignore[misc]
+            for p, t in zip(jpegs, decoded, strict=True):
+                if t is None or t.shape[0] != 3:  # the GPU could not: the CPU policy decides
+                    _cpu_fallback(p, policy)
+                else:
+                    p.pixels, p.height, p.width = t, int(t.shape[1]), int(t.shape[2])
+            oks = [p for p in window if p.status == "ok"]
+            images = [p.pixels.to(device, non_blocking=True) for p in oks]  # type: ignore[union-attr]
+            inputs = embedder.preprocess_tensors(images) if images else []
+            event = None
+            if stream is not None:
+                event = torch.cuda.Event()
+                event.record(stream)
+        yield window, inputs, event
+
+
+def _cpu_fallback(p: Prepared, policy: DecodePolicy) -> None:
+    d = decode_image(p.jpeg or b"", p.item.uri, policy)
+    if d.image is None:
+        p.status, p.error, p.width, p.height = d.status, d.error, None, None
+    else:
+        p.pixels = torch.from_numpy(np.array(d.image)).permute(2, 0, 1)
+        p.width, p.height, p.frames = d.width, d.height, d.frames
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _prefetch(items: Iterable[SourceItem], fn: Callable[[SourceItem], Prepared], workers: int,
+              lookahead: int) -> Iterator[Prepared]:
+    """``map(fn, items)`` in a thread pool, in order, at most ``lookahead`` in flight."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="clipvec-read") as pool:
+        pending: deque[Future[Prepared]] = deque()
+        it = iter(items)
+        try:
+            while True:
+                while len(pending) < lookahead:
+                    item = next(it, None)
+                    if item is None:
+                        break
+                    pending.append(pool.submit(fn, item))
+                if not pending:
+                    return
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def _windows(prepared: Iterable[Prepared], batch_size: int) -> Iterator[list[Prepared]]:
+    """Runs of rows holding ``batch_size`` ok images (failures ride along in order)."""
+    window: list[Prepared] = []
+    ok = 0
+    for p in prepared:
+        window.append(p)
+        ok += p.status == "ok"
+        if ok >= batch_size:
+            yield window
+            window, ok = [], 0
+    if window:
+        yield window
+
+
+_DONE = object()
+
+
+def _background(gen: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run a generator in a thread, ``depth`` items ahead of the consumer."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for x in gen:
+                while not stop.is_set():
+                    try:
+                        q.put((x, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((_DONE, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put((_DONE, e))
+
+    t = threading.Thread(target=work, name="clipvec-stage", daemon=True)
+    t.start()
+    try:
+        while True:
+            x, err = q.get()
+            if x is _DONE:
+                if err is not None:
+                    raise err
+                return
+            yield x
+    finally:
+        stop.set()

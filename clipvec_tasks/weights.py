@@ -8,6 +8,7 @@ Every loaded file's sha256 is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -71,12 +72,25 @@ def parse_pretrained(value: object, default_tag: str, seed: int = 0) -> WeightsR
     return WeightsRef("tag", text)
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 8 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk: int = 8 << 20,
+                cache_dir: str | None = None) -> str:
+    """The file's sha256; with ``cache_dir``, remembered by (path, size, mtime)."""
+    memo = None
+    if cache_dir:
+        st = os.stat(path)
+        key = hashlib.sha1(f"{os.path.realpath(path)}|{st.st_size}|{st.st_mtime_ns}".encode())
+        memo = Path(cache_dir) / "sha256" / key.hexdigest()
+        if memo.is_file():
+            return memo.read_text().strip()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if memo is not None:
+        with contextlib.suppress(OSError):
+            _atomic_copy(lambda tmp: Path(tmp).write_text(digest), memo)
+    return digest
 
 
 def fetch_checkpoint(

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import uuid
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make `flows` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from flows import local_api  # noqa: E402 - stdlib only
+
+if __name__ == "__main__":  # boot Prefect's local API while torch and the model load
+    local_api.start_early()
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
@@ -24,7 +30,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from clipvec_tasks import job as J
 from clipvec_tasks.errors import ClipvecError
-from clipvec_tasks.plan import Shard
 from clipvec_tasks.progress import Progress
 from clipvec_tasks.retry import is_transient
 
@@ -70,10 +75,10 @@ def plan(job: J.JobConfig, items: list, model: dict[str, Any]) -> J.RunPlan | st
         return str(e)
 
 
-@task(task_run_name=_shard_name, cache_policy=NO_CACHE, retries=2,
-      retry_delay_seconds=[5, 30], retry_condition_fn=_retry_transient)
-def embed_shard(shard: Shard, job: J.JobConfig, plan_id: str, run_id: str) -> dict[str, Any]:
-    return J.run_shard(job, shard, plan_id, run_id, _progress)
+# the task is the domain function itself, so Dask workers import it by reference
+embed_shard = task(J.run_shard, name="embed-shard", task_run_name=_shard_name,
+                   cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30],
+                   retry_condition_fn=_retry_transient)
 
 
 @task(name="commit", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
@@ -150,8 +155,10 @@ def _embed_all(job: J.JobConfig, run: J.RunPlan, run_id: str) -> list[dict[str, 
     _progress = Progress(sum(len(s.items) for s in run.pending))
     results = []
     try:
-        futures = embed_shard.map(run.pending, job=unmapped(job),
-                                  plan_id=unmapped(run.plan.plan_id), run_id=unmapped(run_id))
+        in_process = isinstance(_runner_of_this_run(), ThreadPoolTaskRunner)
+        futures = embed_shard.map(job=unmapped(job), shard=run.pending,
+                                  plan_id=unmapped(run.plan.plan_id), run_id=unmapped(run_id),
+                                  progress=unmapped(_progress if in_process else None))
         for future in as_completed(list(futures)):
             results.append(future.result())
             update_progress_artifact(artifact, 100.0 * len(results) / total)
@@ -159,6 +166,13 @@ def _embed_all(job: J.JobConfig, run: J.RunPlan, run_id: str) -> list[dict[str, 
         _progress.close()
         _progress = None
     return results
+
+
+def _runner_of_this_run() -> Any:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return ctx.task_runner if ctx else None
 
 
 def _with_private_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -191,9 +205,13 @@ def _artifact(summary: dict[str, Any], sink: str) -> None:
 
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """Run the flow on ``config``; a user error raises ClipvecError with its paragraph."""
-    J.preflight(J.JobConfig.from_dict(config))
-    workers = int(config.get("runtime", {}).get("workers") or 1)
-    state = vectorize.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(
+    job = J.JobConfig.from_dict(config)
+    J.preflight(job)
+    # load the model while Prefect's local API starts: both take seconds, and the
+    # shard tasks of this process pick the loaded model up from the cache
+    threading.Thread(target=J.prewarm, args=(job,), name="clipvec-prewarm", daemon=True).start()
+    local_api.wait()
+    state = vectorize.with_options(task_runner=_task_runner(config.get("runtime", {})))(
         _public(config), return_state=True)
     if state.is_failed():
         exc = state.result(raise_on_failure=False)
@@ -204,6 +222,35 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
             raise exc
         raise ClipvecError(state.message or "the run failed")
     return state.result()
+
+
+def _task_runner(runtime: dict[str, Any]) -> Any:
+    """Threads in this process (default), or a Dask cluster: one worker per GPU on this
+    machine (dask_cuda), N CPU worker processes, or an existing scheduler's workers."""
+    kind = runtime.get("task_runner", "threads")
+    workers = int(runtime.get("workers") or 1)
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind != "dask":
+        raise ClipvecError(f"runtime.task_runner must be threads or dask, not '{kind}'.")
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ClipvecError("runtime.task_runner=dask needs prefect-dask: "
+                           "pip install -e '.[dask]'.") from None
+    if runtime.get("dask_address"):
+        return DaskTaskRunner(address=runtime["dask_address"])
+    import torch
+
+    if str(runtime.get("device", "auto")) in ("auto", "cuda", "gpu") and torch.cuda.is_available():
+        try:
+            import dask_cuda  # noqa: F401
+        except ImportError:
+            raise ClipvecError("runtime.task_runner=dask on GPUs needs dask-cuda: "
+                               "pip install dask-cuda (one worker per GPU).") from None
+        return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster")
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -130,6 +130,7 @@ def test_weights_unavailable_offline_says_what_to_do(image_dir, tmp_path):
 def test_killed_run_resumes_finished_shards(image_dir, tmp_path, monkeypatch):
     """Shards finished before a crash are not embedded again; rows are not duplicated."""
     from clipvec_tasks import job as J
+    from flows.vectorize import embed_shard
 
     sink = tmp_path / "out.lance"
     real = J.run_shard
@@ -141,12 +142,13 @@ def test_killed_run_resumes_finished_shards(image_dir, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # not retried: like a kill
         return real(job, shard, plan_id, run_id, progress)
 
-    monkeypatch.setattr(J, "run_shard", crash_on_third)
+    monkeypatch.setattr(embed_shard, "fn", crash_on_third)
     with pytest.raises(BaseException):  # noqa: B017 - any way the run dies
         run(job_config(image_dir, sink, shard_size=3, workers=1))
     assert not (sink / "_versions").exists()  # nothing committed: readers see no half-run
     calls.clear()
-    monkeypatch.setattr(J, "run_shard", lambda *a, **k: (calls.append(a[1].index), real(*a, **k))[1])
+    monkeypatch.setattr(embed_shard, "fn", lambda job, shard, plan_id, run_id, progress=None: (
+        calls.append(shard.index), real(job, shard, plan_id, run_id, progress))[1])
     summary = run(job_config(image_dir, sink, shard_size=3, workers=1))
     assert 1 in calls and 0 not in calls and summary["resumed_shards"] == 3 - len(calls)
     df = _table(sink)
@@ -197,3 +199,32 @@ def test_storage_options_stay_out_of_prefect_parameters(image_dir, tmp_path):
     params = asyncio.run(last_params())
     assert params["config"]["source"]["uri"] == str(image_dir)
     assert "hunter2-secret" not in str(params)
+
+
+def test_tensor_preprocessing_matches_pil(image_dir, tmp_path):
+    """The GPU path's batched preprocessing (run here on CPU) gives the PIL path's vectors."""
+    make_image(image_dir / "big.jpg", (640, 400), seed=77)
+    run(job_config(image_dir, tmp_path / "pil.lance", model=["tiny_clip", "resnet18"],
+                   preprocess="pil"))
+    run(job_config(image_dir, tmp_path / "t.lance", model=["tiny_clip", "resnet18"],
+                   preprocess="tensor"))
+    a = _table(tmp_path / "pil.lance").set_index("id").sort_index()
+    b = _table(tmp_path / "t.lance").set_index("id").sort_index()
+    assert list(a.status) == list(b.status) and list(a.width) == list(b.width)
+    va, vb = np.stack(a.embedding), np.stack(b.embedding)
+    cos = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
+    assert cos.min() >= 0.9999, cos
+
+
+@pytest.mark.slow
+def test_dask_runner_with_two_worker_processes(image_dir, tmp_path):
+    """Shards fan out to a local Dask cluster of 2 worker processes (spawned, not forked)."""
+    pytest.importorskip("prefect_dask")
+    for i in range(6):
+        make_image(image_dir / "more" / f"m{i}.png", seed=200 + i)
+    sink = tmp_path / "dask.lance"
+    summary = run(job_config(image_dir, sink, model="resnet18", task_runner="dask", workers=2,
+                             shard_size=3))
+    df = _table(sink)
+    assert summary["ok"] == 13 and len(df) == 13 and df.id.is_unique
+    assert len({r for r in df.run_id}) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -49,16 +50,20 @@ def _family(name: str) -> ModuleType:
     }[name]
 
 
+_FETCH_LOCK = threading.Lock()  # one download of a file at a time in this process
+
+
 def resolve_weights(spec: ModelSpec, ref: WeightsRef, cfg: WeightsConfig) -> ResolvedWeights:
     """Make a member's weights available locally (download, mirror, checkpoint) and hash them."""
     opts = dict(cfg.storage_options)
     if ref.kind == "random":
         return ResolvedWeights(ref, None, None)
-    if ref.kind == "checkpoint":
-        path = fetch_checkpoint(ref.value, cfg.cache_dir, opts)
-    else:
-        path = _family(spec.family).fetch(spec, ref, cfg.cache_dir, cfg.mirror, opts)
-    return ResolvedWeights(ref, path, sha256_file(path))
+    with _FETCH_LOCK:
+        if ref.kind == "checkpoint":
+            path = fetch_checkpoint(ref.value, cfg.cache_dir, opts)
+        else:
+            path = _family(spec.family).fetch(spec, ref, cfg.cache_dir, cfg.mirror, opts)
+        return ResolvedWeights(ref, path, sha256_file(path, cache_dir=cfg.cache_dir))
 
 
 def load_member(

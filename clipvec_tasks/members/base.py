@@ -34,9 +34,13 @@ class Member:
     dtype: torch.dtype
     normalize: bool = True
     dim: int = field(init=False)
+    tensor_transform: Any = field(init=False, default=None)
 
     def __post_init__(self) -> None:
+        from ..tensor_preprocess import TensorTransform
+
         self.dim = self.spec.dim
+        self.tensor_transform = TensorTransform.from_record(self.preprocessing)
         self.tower.eval().requires_grad_(False)
         self.tower.to(device=self.device, dtype=self.dtype)
 
@@ -64,3 +68,10 @@ def seeded(seed: int) -> torch.Generator:
     """Seed torch's global RNG (model constructors draw from it) and return a fork."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def ensure_materialized(module: torch.nn.Module, name: str) -> None:
+    """Fail loudly if a module built on the meta device kept a tensor without data."""
+    empty = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if empty:
+        raise RuntimeError(f"{name}: the checkpoint left {', '.join(empty[:5])} without data")

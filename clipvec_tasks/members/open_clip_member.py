@@ -10,7 +10,7 @@ import torch
 
 from ..registry import ModelSpec
 from ..weights import ResolvedWeights, WeightsRef, fetch_tag, load_state_dict
-from .base import seeded
+from .base import ensure_materialized, seeded
 
 # keys that OpenAI's TorchScript checkpoints carry beside the parameters
 _NON_PARAMS = ("input_resolution", "context_length", "vocab_size")
@@ -68,12 +68,15 @@ def build(spec: ModelSpec, weights: ResolvedWeights) -> tuple[torch.nn.Module, A
             image_std=pcfg.get("std"),
             image_interpolation=pcfg.get("interpolation"),
             image_resize_mode=pcfg.get("resize_mode"),
+            # with a file to load, skip random initialisation: build empty, then assign
+            device="meta" if weights.path is not None else "cpu",
         )
     finally:
         logging.disable(logging.NOTSET)
     if weights.path is not None:
         sd = {k: v for k, v in load_state_dict(weights.path).items() if k not in _NON_PARAMS}
-        model.load_state_dict(sd, strict=True)
+        model.load_state_dict(sd, strict=True, assign=True)
+        ensure_materialized(model.visual, spec.name)
     size = model.visual.image_size
     record = {
         "library": "open_clip",

@@ -10,7 +10,7 @@ import torch
 
 from ..registry import ModelSpec
 from ..weights import ResolvedWeights, WeightsRef, fetch_tag, load_state_dict
-from .base import seeded
+from .base import ensure_materialized, seeded
 
 
 def _weights_enum(arch: str):
@@ -84,9 +84,13 @@ def build(spec: ModelSpec, weights: ResolvedWeights) -> tuple[torch.nn.Module, A
     from torchvision.models import get_model
 
     seeded(weights.ref.seed)
-    model = get_model(spec.arch, weights=None)
-    if weights.path is not None:
-        model.load_state_dict(load_state_dict(weights.path), strict=True)
+    if weights.path is None:
+        model = get_model(spec.arch, weights=None)
+    else:  # skip random initialisation: build empty, then assign the file's tensors
+        with torch.device("meta"):
+            model = get_model(spec.arch, weights=None)
+        model.load_state_dict(load_state_dict(weights.path), strict=True, assign=True)
+        ensure_materialized(model, spec.name)
     head = _last_linear(model)
     assert head is not None, spec.arch
     model.set_submodule(head[0], torch.nn.Identity())

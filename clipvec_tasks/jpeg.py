@@ -1,0 +1,72 @@
+"""JPEG headers read without decoding, and batched JPEG decoding on the GPU (nvJPEG).
+
+The header check routes only complete, baseline-or-progressive YCbCr/grey JPEGs
+within the pixel limit to the GPU; everything else (CMYK, truncated files, other
+formats) takes the CPU decode policy, which knows how to fail well.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+@dataclass(frozen=True, slots=True)
+class JpegInfo:
+    width: int
+    height: int
+    components: int
+
+
+def jpeg_info(data: bytes) -> JpegInfo | None:
+    """Size and components of a complete JPEG (ends with EOI), else None."""
+    if data[:2] != b"\xff\xd8" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in _SOF:
+            if i + 10 > n:
+                return None
+            h = int.from_bytes(data[i + 5:i + 7], "big")
+            w = int.from_bytes(data[i + 7:i + 9], "big")
+            return JpegInfo(w, h, data[i + 9]) if w and h else None
+        i += 2 + length
+    return None
+
+
+def decode_jpegs_on_device(blobs: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
+    """Decode JPEGs to uint8 [3, H, W] on ``device`` (EXIF orientation applied).
+
+    One batched call; if the batch fails, each image is tried alone, and an
+    image the GPU cannot decode is None (the caller falls back to the CPU).
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not blobs:
+        return []
+    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    try:
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device,
+                                apply_exif_orientation=True))
+    except RuntimeError:
+        out: list[torch.Tensor | None] = []
+        for t in tensors:
+            try:
+                out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device,
+                                       apply_exif_orientation=True))
+            except RuntimeError:
+                out.append(None)
+        return out

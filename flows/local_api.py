@@ -1,0 +1,100 @@
+"""Boot Prefect's local API in parallel with clipvec's own start-up.
+
+With no API configured, Prefect starts a temporary server (a uvicorn subprocess
+on SQLite) on first use and waits for it: several seconds during which
+nothing else happens. The command line instead launches that same server as
+its very first step, before importing torch, Prefect or the model, so both
+start-ups share the machine's cores; :func:`wait` checks its health before the
+flow runs. Nothing changes when an API is configured (``PREFECT_API_URL`` in
+the environment or the active profile) or ephemeral mode is turned off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+
+_proc: subprocess.Popen[bytes] | None = None
+_url: str | None = None
+
+
+def _api_configured() -> bool:
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    if os.environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "").lower() in ("0", "false"):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    if not path.is_file():
+        return False
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return True  # unreadable: leave everything to Prefect
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active", "ephemeral")
+    return bool(data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
+
+
+def start_early() -> None:
+    """Launch the temporary API server now and point this process's Prefect at it."""
+    global _proc, _url
+    if _api_configured():
+        return
+    spec = importlib.util.find_spec("prefect")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+           "PREFECT__SERVER_FINAL": "1"}
+    _proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "error", "--lifespan", "on"],
+        env=env, stdin=subprocess.DEVNULL,
+    )
+    _url = f"http://127.0.0.1:{port}/api"
+    os.environ["PREFECT_API_URL"] = _url
+    atexit.register(stop)
+
+
+def wait(timeout: float | None = None) -> None:
+    """Block until the early server answers its health check."""
+    if _proc is None or _url is None:
+        return
+    timeout = timeout or float(os.environ.get(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _proc.poll() is not None:
+            raise RuntimeError(f"Prefect's local API server exited with code {_proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{_url}/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"Prefect's local API server did not start within {timeout:.0f} s")
+
+
+def stop() -> None:
+    global _proc
+    if _proc is not None and _proc.poll() is None:
+        _proc.terminate()
+        try:
+            _proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _proc.kill()
+            _proc.wait()
+    _proc = None
