@@ -14,8 +14,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
-
 from . import dataset, staging
 from .decode import DEFAULT_MAX_PIXELS, DecodePolicy
 from .embedder import Embedder, model_fingerprint
@@ -26,7 +24,7 @@ from .progress import Progress
 from .registry import get_spec
 from .runtime import resolve_device, resolve_precision
 from .shard import embed_items
-from .sources import SourceItem, list_images
+from .sources import SourceItem, list_images, read_bytes
 from .weights import DEFAULT_CACHE_DIR, parse_pretrained
 
 
@@ -192,10 +190,7 @@ def prewarm(job: JobConfig) -> None:
 
 
 def _reader(options: dict[str, Any]):
-    def read(uri: str) -> bytes:
-        with fsspec.open(uri, "rb", **options) as f:
-            return f.read()
-    return read
+    return lambda uri: read_bytes(uri, options)
 
 
 def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,

@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
+import sys
 import threading
 from collections import deque
+from itertools import islice
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -112,12 +114,19 @@ def embed_items(
             yield _rows(window, vectors, embedder, run_id, on_rows)
         return
     stream = torch.cuda.Stream(embedder.device) if embedder.device.type == "cuda" else None
-    for window, inputs, event in _background(_stage(windows, embedder, policy, stream), 2):
-        if event is not None:
-            torch.cuda.current_stream(embedder.device).wait_event(event)
-        vectors = embedder.encode_inputs(inputs) if inputs else np.zeros((0, embedder.dim),
-                                                                           np.float32)
-        yield _rows(window, vectors, embedder, run_id, on_rows)
+    # the staging thread launches many small GPU ops; with readers busy in Python, the
+    # default 5 ms GIL switch interval would make it wait that long for each of them
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, 0.0005))
+    try:
+        for window, inputs, event in _background(_stage(windows, embedder, policy, stream), 2):
+            if event is not None:
+                torch.cuda.current_stream(embedder.device).wait_event(event)
+            vectors = embedder.encode_inputs(inputs) if inputs else np.zeros(
+                (0, embedder.dim), np.float32)
+            yield _rows(window, vectors, embedder, run_id, on_rows)
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def _use_tensor_path(preprocess: str, embedder: Embedder) -> bool:
@@ -182,21 +191,29 @@ class _nullcontext:
 
 
 def _prefetch(items: Iterable[SourceItem], fn: Callable[[SourceItem], Prepared], workers: int,
-              lookahead: int) -> Iterator[Prepared]:
-    """``map(fn, items)`` in a thread pool, in order, at most ``lookahead`` in flight."""
+              lookahead: int, chunk: int = 8) -> Iterator[Prepared]:
+    """``map(fn, items)`` in a thread pool, in order, about ``lookahead`` in flight.
+
+    Items go to the pool in chunks, so that per-future overhead (and the GIL it
+    takes) is paid once per chunk rather than once per image.
+    """
+
+    def run_chunk(chunk_items: list[SourceItem]) -> list[Prepared]:
+        return [fn(i) for i in chunk_items]
+
     with ThreadPoolExecutor(workers, thread_name_prefix="clipvec-read") as pool:
-        pending: deque[Future[Prepared]] = deque()
+        pending: deque[Future[list[Prepared]]] = deque()
         it = iter(items)
         try:
             while True:
-                while len(pending) < lookahead:
-                    item = next(it, None)
-                    if item is None:
+                while len(pending) * chunk < lookahead:
+                    block = list(islice(it, chunk))
+                    if not block:
                         break
-                    pending.append(pool.submit(fn, item))
+                    pending.append(pool.submit(run_chunk, block))
                 if not pending:
                     return
-                yield pending.popleft().result()
+                yield from pending.popleft().result()
         finally:
             for f in pending:
                 f.cancel()

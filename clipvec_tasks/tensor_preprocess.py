@@ -12,6 +12,7 @@ vectors within the fidelity bound of the upstream PIL transforms.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -97,10 +98,12 @@ class TensorTransform:
 
 
 def _pad(images: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
-    out = torch.zeros((len(images), 3, h, w), dtype=torch.float32, device=images[0].device)
-    for i, im in enumerate(images):
-        out[i, :, : im.shape[1], : im.shape[2]] = im
-    return out
+    """One zero-padded float batch [B, 3, h, w] (a nested tensor: two kernels, not B)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "nested tensors are a prototype"
+        nested = torch.nested.nested_tensor(images, layout=torch.strided)
+        padded = nested.to_padded_tensor(0, output_size=(len(images), 3, h, w))
+    return padded.to(torch.float32)
 
 
 def fits(n_pixels: int) -> bool:
