@@ -75,15 +75,16 @@ class TensorTransform:
     def __call__(self, images: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         """uint8 [3, H, W] images (any sizes, one device) -> normalised [B, 3, crop, crop]."""
         dev = images[0].device
-        hs = torch.tensor([im.shape[1] for im in images], device=dev)
-        ws = torch.tensor([im.shape[2] for im in images], device=dev)
+        h_list, w_list = [im.shape[1] for im in images], [im.shape[2] for im in images]
+        hs = torch.tensor(h_list, device=dev)
+        ws = torch.tensor(w_list, device=dev)
         short, long_ = torch.minimum(hs, ws), torch.maximum(hs, ws)
         new_long = torch.floor(self.resize * long_.double() / short.double()).long()
         new_h = torch.where(hs <= ws, torch.full_like(hs, self.resize), new_long)
         new_w = torch.where(hs <= ws, new_long, torch.full_like(ws, self.resize))
         top = torch.round((new_h - self.crop).double() / 2.0).long()
         left = torch.round((new_w - self.crop).double() / 2.0).long()
-        hmax, wmax = int(hs.max()), int(ws.max())
+        hmax, wmax = max(h_list), max(w_list)  # from host lists: no device sync
         rh = resample_weights(hs, new_h, top, self.crop, hmax, self.interpolation)
         rw = resample_weights(ws, new_w, left, self.crop, wmax, self.interpolation)
         batch = _pad(images, hmax, wmax)  # [B, 3, H, W] float32
