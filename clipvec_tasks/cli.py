@@ -75,6 +75,32 @@ def cmd_embed(args: argparse.Namespace) -> None:
         print(f"saved: {args.output}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    """img/s of each model's image tower on this machine (random input, steady state)."""
+    import torch
+
+    from .members import MemberConfig, WeightsConfig, load_member
+    from .runtime import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+          f"precision {precision}, batch {args.batch_size}")
+    print(f"{'model':<32} {'dim':>5} {'img/s':>10}")
+    for name in [n.strip() for n in args.models.split(",") if n.strip()]:
+        member = load_member(MemberConfig(name, args.pretrained or "random"), device, precision,
+                             WeightsConfig())
+        x = torch.randn(args.batch_size, 3, *member.preprocessing["image_size"], device=device)
+        member.encode(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            member.encode(x)
+            n += args.batch_size
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        print(f"{name:<32} {member.dim:>5} {n / (time.perf_counter() - t0):>10.1f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clipvec", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -90,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache_dir", "--cache-dir", default=None)
     e.add_argument("--output", "-o", default=None, help="save the vectors as .npy")
     e.set_defaults(fn=cmd_embed)
+    b = sub.add_parser("bench", help="img/s of each model on this machine")
+    b.add_argument("--models", default="open_clip_vit_b32")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--precision", default="auto")
+    b.add_argument("--batch_size", "--batch-size", type=int, default=32)
+    b.add_argument("--seconds", type=float, default=5.0)
+    b.add_argument("--pretrained", default=None, help="default: random (speed is the same)")
+    b.set_defaults(fn=cmd_bench)
     from . import cli_dataset
 
     cli_dataset.add_commands(sub)

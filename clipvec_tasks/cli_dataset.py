@@ -74,12 +74,48 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {arr.shape} to {args.output} and row uris to {ids_path}")
 
 
+def cmd_search(args: argparse.Namespace) -> None:
+    from .members import WeightsConfig
+    from .search import contact_sheet, search
+
+    ds, _ = _open(args.dataset)
+    cache = WeightsConfig(cache_dir=args.cache_dir) if args.cache_dir else WeightsConfig()
+    hits = search(ds, args.text, args.k, cache)
+    print(f"{'rank':>4}  {'score':>7}  uri")
+    for h in hits:
+        print(f"{h.rank:>4}  {h.score:>7.4f}  {h.uri}")
+    if args.html:
+        contact_sheet(hits, args.text, args.html)
+        print(f"contact sheet: {args.html}")
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from .search import build_index
+
+    ds, _ = _open(args.dataset)
+    build_index(ds, args.partitions, args.sub_vectors)
+    print(f"indexed {ds.count_rows()} rows of {args.dataset} (IVF_PQ, cosine); search now "
+          "uses it when every member is a CLIP model")
+
+
 def add_commands(sub: Any) -> None:
     d = sub.add_parser("datasets", help="inspect datasets")
     dsub = d.add_subparsers(dest="datasets_command", required=True)
     show = dsub.add_parser("show", help="versions, rows by status, model, size")
     show.add_argument("dataset")
     show.set_defaults(fn=cmd_show)
+    se = sub.add_parser("search", help="text-to-image search with the dataset's own model")
+    se.add_argument("dataset")
+    se.add_argument("text")
+    se.add_argument("-k", type=int, default=10)
+    se.add_argument("--html", default=None, help="also write a contact sheet of thumbnails")
+    se.add_argument("--cache_dir", "--cache-dir", default=None)
+    se.set_defaults(fn=cmd_search)
+    ix = dsub.add_parser("index", help="build a vector index for fast search on large datasets")
+    ix.add_argument("dataset")
+    ix.add_argument("--partitions", type=int, default=None)
+    ix.add_argument("--sub-vectors", type=int, default=None)
+    ix.set_defaults(fn=cmd_index)
     ex = sub.add_parser("export", help="write ok rows' vectors as Parquet or .npy")
     ex.add_argument("dataset")
     ex.add_argument("--format", choices=("parquet", "npy"), default="parquet")

@@ -87,3 +87,27 @@ def build(spec: ModelSpec, weights: ResolvedWeights) -> tuple[torch.nn.Module, A
         "resize_mode": pcfg.get("resize_mode", "shortest"),
     }
     return model.visual, preprocess, record
+
+
+def build_text(spec: ModelSpec, weights: ResolvedWeights):
+    """The text tower of the same weights: texts -> unnormalised features."""
+    import open_clip
+
+    seeded(weights.ref.seed)
+    logging.disable(logging.WARNING)
+    try:
+        # built on the CPU, not the meta device: the causal mask is not in checkpoints
+        model = open_clip.create_model(spec.arch, pretrained=None)
+    finally:
+        logging.disable(logging.NOTSET)
+    if weights.path is not None:
+        sd = {k: v for k, v in load_state_dict(weights.path).items() if k not in _NON_PARAMS}
+        model.load_state_dict(sd, strict=True)
+    tokenizer = open_clip.get_tokenizer(spec.arch)
+    model.eval()
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        with torch.inference_mode():
+            return model.encode_text(tokenizer(texts)).float()
+
+    return encode

@@ -73,3 +73,18 @@ def build(spec: ModelSpec, weights: ResolvedWeights) -> tuple[torch.nn.Module, A
         "resize_mode": "shortest",
     }
     return model.visual, clip.clip._transform(size), record
+
+
+def build_text(spec: ModelSpec, weights: ResolvedWeights):
+    """The text tower of the same weights: texts -> unnormalised features."""
+    import clip
+
+    seeded(weights.ref.seed)
+    sd = random_state_dict(spec.arch) if weights.path is None else load_state_dict(weights.path)
+    model = clip.model.build_model(dict(sd)).float().eval()
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        with torch.inference_mode():
+            return model.encode_text(clip.tokenize(texts, truncate=True)).float()
+
+    return encode
