@@ -46,7 +46,7 @@ def fidelity(items, device, names, n=128) -> dict:
     for name in names:
         m32 = _member(name, device, "fp32")
         emb = Embedder([m32])
-        pil, blobs = [], []
+        pil = []
         for it in items[:n]:
             data = read_bytes(it.uri)
             img = decode_image(data).image

@@ -84,8 +84,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"precision {precision}, batch {args.batch_size}")
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{torch.get_num_threads()} threads")
+    print(f"device: {device} ({where}), precision {precision}, batch {args.batch_size}")
     print(f"{'model':<32} {'dim':>5} {'img/s':>10}")
     for name in [n.strip() for n in args.models.split(",") if n.strip()]:
         member = load_member(MemberConfig(name, args.pretrained or "random"), device, precision,

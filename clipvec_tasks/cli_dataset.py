@@ -24,7 +24,8 @@ def cmd_show(args: argparse.Namespace) -> None:
     ds, meta = _open(args.dataset)
     model = meta.get("model", {})
     print(f"dataset: {args.dataset}")
-    print(f"version: {ds.version} (versions: {', '.join(str(v['version']) for v in ds.versions())})")
+    versions = ", ".join(str(v["version"]) for v in ds.versions())
+    print(f"version: {ds.version} (versions: {versions})")
     statuses = ds.to_table(columns=["status"]).column("status")
     counts = pc.value_counts(statuses).to_pylist()
     print(f"rows: {ds.count_rows()}  "

@@ -14,6 +14,7 @@ Policy (applied before any member's preprocessing):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -105,10 +106,8 @@ def decode_image(data: bytes, name: str = "", policy: DecodePolicy | None = None
 
 
 def _to_rgb(im: Image.Image, policy: DecodePolicy) -> Image.Image:
-    try:
+    with contextlib.suppress(Exception):  # a corrupt EXIF block must not cost the image
         im = ImageOps.exif_transpose(im)
-    except Exception:  # a corrupt EXIF block must not cost the image
-        pass
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         arr = np.asarray(im, dtype=np.uint32 if mode == "I" else np.uint16).astype(np.uint32)

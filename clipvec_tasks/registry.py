@@ -53,7 +53,8 @@ _MODELS: tuple[ModelSpec, ...] = (
     _spec("openai_clip_rn101", "openai_clip", "RN101", "RN101", 512, 224),
     # OpenCLIP: (model config name, pretrained tag)
     _spec("open_clip_vit_b32_openai", "open_clip", "ViT-B-32-quickgelu", "openai", 512, 224),
-    _spec("open_clip_vit_b32_laion400m", "open_clip", "ViT-B-32-quickgelu", "laion400m_e32", 512, 224),
+    _spec("open_clip_vit_b32_laion400m", "open_clip", "ViT-B-32-quickgelu", "laion400m_e32",
+          512, 224),
     _spec("open_clip_vit_b16_laion400m", "open_clip", "ViT-B-16", "laion400m_e32", 512, 224),
     _spec("open_clip_vit_b32_laion2b", "open_clip", "ViT-B-32", "laion2b_s34b_b79k", 512, 224),
     _spec("open_clip_vit_b16_laion2b", "open_clip", "ViT-B-16", "laion2b_s34b_b88k", 512, 224),

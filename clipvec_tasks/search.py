@@ -129,8 +129,6 @@ def contact_sheet(hits: list[Hit], text: str, path: str, thumb: int = 192) -> No
     import html
     import io
 
-    from PIL import Image
-
     from .decode import decode_image
     from .sources import read_bytes
 

@@ -21,10 +21,10 @@ import queue
 import sys
 import threading
 from collections import deque
-from itertools import islice
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np

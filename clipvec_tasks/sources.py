@@ -14,9 +14,9 @@ from fsspec import AbstractFileSystem
 from .errors import ClipvecError
 
 # what is picked by name; content is confirmed at decode time
-IMAGE_EXTENSIONS = frozenset(
-    [".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k", ".jpx", ".mpo", ".heic", ".heif", ".avif", ".svg", ".sgi", ".rgb", ".dds", ".pcx", ".psd", ".qoi"]
-)
+_EXTS = (".jpg .jpeg .jpe .jfif .png .apng .webp .gif .bmp .dib .tif .tiff .ppm .pgm .pbm .pnm "
+         ".tga .ico .jp2 .j2k .jpx .mpo .heic .heif .avif .svg .sgi .rgb .dds .pcx .psd .qoi")
+IMAGE_EXTENSIONS = frozenset(_EXTS.split())
 _GLOB_CHARS = "*?["
 
 

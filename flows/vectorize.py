@@ -8,6 +8,7 @@ in batches, write Lance fragments), commits once, and prints a summary.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -93,10 +94,8 @@ def _versions() -> dict[str, Any]:
     libs = {}
     for name in ("clipvec", "torch", "torchvision", "open_clip_torch", "openai-clip", "pylance",
                  "pillow", "prefect"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             libs[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return {"clipvec_version": libs.pop("clipvec", None), "libraries": libs}
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 # before Prefect is imported anywhere: a private home, no analytics, patient start-up
-_HOME = Path(os.environ.get("PYTEST_PREFECT_HOME", "/tmp/clipvec-test-prefect-%d" % os.getpid()))
+_HOME = Path(os.environ.get("PYTEST_PREFECT_HOME", f"/tmp/clipvec-test-prefect-{os.getpid()}"))
 os.environ.setdefault("PREFECT_HOME", str(_HOME))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -39,7 +39,8 @@ def fetch(spec: ModelSpec, ref: WeightsRef, cache_dir: str, mirror: str | None,
         from ..errors import ClipvecError
 
         raise ClipvecError(
-            f"OpenAI CLIP has no weights named '{ref.value}'; it has {', '.join(clip.available_models())}."
+            f"OpenAI CLIP has no weights named '{ref.value}'; it has "
+            f"{', '.join(clip.available_models())}."
         )
     relname = f"openai_clip/{os.path.basename(url)}"
     return fetch_tag("openai_clip", spec.arch, ref.value, relname,

@@ -1,4 +1,4 @@
-"""torchvision members: penultimate features of a classifier, with its DEFAULT weights' transform."""
+"""torchvision members: a classifier's penultimate features, with its DEFAULT weights' transform."""
 
 from __future__ import annotations
 
