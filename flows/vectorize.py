@@ -21,8 +21,9 @@ if __package__ in (None, ""):  # run as a script: make `flows` importable
 
 from flows import local_api  # noqa: E402 - stdlib only
 
-if __name__ == "__main__":  # boot Prefect's local API while torch and the model load
-    local_api.start_early()
+_INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--resolve"}
+if __name__ == "__main__" and not _INFO_FLAGS & set(sys.argv[1:]):
+    local_api.start_early()  # boot Prefect's local API while torch and the model load
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
