@@ -88,7 +88,7 @@ def main() -> None:
                f"runtime.device={args.device}", f"runtime.precision={args.precision}",
                f"runtime.batch_size={args.batch_size}", *args.extra]
         cv_wall, cv_out = _timed(cmd, env)
-        m = re.search(r"([\d.]+) s, ([\d.]+) img/s", cv_out)
+        m = re.search(r"([\d.]+) s in the flow, ([\d.]+) img/s", cv_out)
         steady = re.search(r"steady ([\d.]+) img/s", cv_out)
         _, mo = _timed([sys.executable, "bench/model_only.py", "open_clip_vit_b32", str(ckpt),
                         args.device, args.precision, str(args.batch_size)], env)

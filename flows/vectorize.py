@@ -138,8 +138,9 @@ def vectorize(config: dict[str, Any]) -> dict[str, Any]:
         version = commit(job, run, results, model, run_id)
     summary = J.summarize(run, results, len(items), model["model"]["dim"], version,
                           time.perf_counter() - t0)
+    summary["sink"] = job.sink_uri
     _artifact(summary, job.sink_uri)
-    print(J.format_summary(summary, job.sink_uri))
+    logger.info("summary: %s", {k: v for k, v in summary.items() if k != "sink"})
     return summary
 
 
@@ -268,9 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def _hydra_main(cfg: Any) -> None:
         try:
-            run(to_job_dict(cfg))
+            summary = run(to_job_dict(cfg))
         except ClipvecError as e:
             _die(e)
+        print(J.format_summary(summary, summary["sink"]), flush=True)  # the last word
 
     _hydra_main()
 
