@@ -64,18 +64,29 @@ def resolve(uri: str, storage_options: dict[str, Any] | None = None
         ) from e
 
 
+LIST_SUFFIXES = (".parquet", ".csv")
+URI_COLUMNS = ("uri", "url", "path", "image_url", "filepath", "image_path")
+
+
 def list_images(uri: str, storage_options: dict[str, Any] | None = None) -> Iterator[SourceItem]:
     """Yield every image under ``uri`` in a stable (sorted) order.
 
     Folders are walked recursively, one directory at a time; hidden files and
     folders (``.name``) are skipped. A path that exists is taken literally, so
-    names holding ``[`` or ``?`` are not mistaken for globs.
+    names holding ``[`` or ``?`` are not mistaken for globs. WebDataset shards
+    (``*.tar``) yield their image members; a ``.parquet``/``.csv`` file given as
+    the source is a list of image URIs (img2dataset's output, for one).
     """
     fs, root = resolve(uri, storage_options)
     fs.invalidate_cache()  # a listing cached by an earlier run in this process is stale
     try:
         if fs.isfile(root):
-            yield _item(fs, root, fs.info(root))
+            if root.lower().endswith(LIST_SUFFIXES):
+                yield from _uri_list(fs, root)
+            elif root.lower().endswith(".tar"):
+                yield from _tar_members(fs, root, fs.info(root))
+            else:
+                yield _item(fs, root, fs.info(root))
             return
         if fs.isdir(root):
             yield from _walk(fs, root)
@@ -103,11 +114,65 @@ def _walk(fs: AbstractFileSystem, root: str) -> Iterator[SourceItem]:
             dirs.clear()
             dirs.update(keep)
         for name in sorted(files):
-            if name.startswith(".") or not is_image_name(name):
+            if name.startswith("."):
                 continue
             info = files[name]
             path = info.get("name") or f"{dirpath.rstrip('/')}/{name}"
-            yield _item(fs, path, info)
+            if name.lower().endswith(".tar"):
+                yield from _tar_members(fs, path, info)
+            elif is_image_name(name):
+                yield _item(fs, path, info)
+
+
+def _tar_members(fs: AbstractFileSystem, path: str, info: dict[str, Any]
+                 ) -> Iterator[SourceItem]:
+    """Images inside a tar (a WebDataset shard), as ``tar://member::<tar uri>`` items.
+
+    Their fingerprint is the member's size with the tar's etag/mtime: a rewritten
+    shard is embedded again.
+    """
+    outer = _item(fs, path, info)
+    tar = fsspec.filesystem("tar", fo=outer.uri, target_options=fs.storage_options or None)
+    for name, member in sorted(tar.find("", detail=True).items()):
+        if is_image_name(name) and not name.rsplit("/", 1)[-1].startswith("."):
+            member_uri = f"tar://{name}::{outer.uri}"
+            yield SourceItem(member_uri, member_uri, int(member.get("size") or 0), outer.etag,
+                             outer.mtime)
+
+
+def _uri_list(fs: AbstractFileSystem, path: str) -> Iterator[SourceItem]:
+    """Rows of a Parquet/CSV list of images: a uri/url/path column; optional size, etag, mtime.
+
+    Relative paths are taken from the list's folder. Read in batches, so a list of
+    millions of rows is never held whole.
+    """
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    base = fs.unstrip_protocol(path).rsplit("/", 1)[0]
+    with fs.open(path, "rb") as f:
+        if path.lower().endswith(".parquet"):
+            batches = pq.ParquetFile(f).iter_batches(batch_size=65536)
+        else:
+            batches = iter(pacsv.open_csv(f))
+        for batch in batches:
+            cols = {c.lower(): c for c in batch.schema.names}
+            col = next((cols[c] for c in URI_COLUMNS if c in cols), None)
+            if col is None:
+                raise ClipvecError(
+                    f"The list '{path}' has no column naming images; expected one of "
+                    f"{', '.join(URI_COLUMNS)} (it has {', '.join(batch.schema.names)}).")
+            data = batch.to_pydict()
+            for i, ref in enumerate(data[col]):
+                if not ref:
+                    continue
+                ref = str(ref)
+                uri = ref if "://" in ref else (
+                    "file://" + ref if ref.startswith("/") else f"{base}/{ref}")
+                size = data.get(cols.get("size", ""), [0] * (i + 1))[i] or 0
+                etag = data.get(cols.get("etag", ""), [None] * (i + 1))[i]
+                mtime = data.get(cols.get("mtime", ""), [None] * (i + 1))[i]
+                yield SourceItem(uri, uri, int(size), str(etag) if etag else None, mtime)
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:

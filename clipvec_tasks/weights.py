@@ -181,13 +181,16 @@ def fetch_tag(
     mirror: str | None,
     url: str | None,
     storage_options: dict[str, object] | None = None,
+    expected_sha256: str | None = None,
 ) -> str:
     """A local path for a tagged weights file.
 
     Order: our flat cache (``cache_dir/weights/relname``), then the mirror at
     ``mirror/relname``, then the family library's own downloader (``download``,
     called with ``cache_dir``; it verifies hashes where its registry knows them).
-    After a download the file is published to the mirror when one is set.
+    After a download the file is published to the mirror when one is set. A file
+    from the mirror is checked against ``expected_sha256`` (a digest or its prefix,
+    as the family's registry gives it) before it is used.
     """
     flat = Path(cache_dir) / "weights" / relname
     if flat.is_file():
@@ -198,7 +201,14 @@ def fetch_tag(
         fs, base = fsspec.core.url_to_fs(mirror, **(storage_options or {}))
         remote = f"{base.rstrip('/')}/{relname}"
         if fs.exists(remote):
-            _atomic_copy(lambda tmp: fs.get_file(remote, tmp), flat)
+            def fetch_checked(tmp: str) -> None:
+                fs.get_file(remote, tmp)
+                got = sha256_file(tmp)
+                if expected_sha256 and not got.startswith(expected_sha256.lower()):
+                    raise ClipvecError(
+                        f"The mirror's copy of {relname} is corrupt (sha256 {got[:16]}..., "
+                        f"expected {expected_sha256[:16]}...). Replace it in {_redact(mirror)}.")
+            _atomic_copy(fetch_checked, flat)
             return str(flat)
     if url and not _host_resolves(url):
         raise _offline_error(family, arch, tag, cache_dir, mirror, f"cannot resolve {_host(url)}")
@@ -215,6 +225,23 @@ def fetch_tag(
         except (PermissionError, OSError):
             pass
     return path
+
+
+def expected_hash(url: str | None) -> str | None:
+    """The sha256 (or its prefix) that a weights URL names, as the libraries' conventions go:
+    a 64-hex folder (OpenAI) or a ``-<hex>`` suffix of the file name (torchvision, open_clip)."""
+    if not url:
+        return None
+    parts = url.rstrip("/").split("/")
+    if len(parts) >= 2 and len(parts[-2]) == 64 and _is_hex(parts[-2]):
+        return parts[-2]
+    stem = parts[-1].rsplit(".", 1)[0]
+    tail = stem.rsplit("-", 1)[-1] if "-" in stem else ""
+    return tail if len(tail) >= 8 and _is_hex(tail) else None
+
+
+def _is_hex(s: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in s)
 
 
 def _offline_error(

@@ -228,3 +228,31 @@ def test_dask_runner_with_two_worker_processes(image_dir, tmp_path):
     df = _table(sink)
     assert summary["ok"] == 13 and len(df) == 13 and df.id.is_unique
     assert len({r for r in df.run_id}) == 1
+
+
+def test_webdataset_shards_through_the_flow(tmp_path):
+    from tests.test_sources import _tar
+
+    (tmp_path / "wds").mkdir()
+    _tar(tmp_path / "wds" / "00000.tar", ["a.png", "a.txt", "b.png"])
+    _tar(tmp_path / "wds" / "00001.tar", ["c.png", "d.png"])
+    summary = run(job_config(tmp_path / "wds", tmp_path / "w.lance"))
+    df = _table(tmp_path / "w.lance")
+    assert summary["ok"] == 4 and len(df) == 4 and all(i.startswith("tar://") for i in df.id)
+    assert run(job_config(tmp_path / "wds", tmp_path / "w.lance"))["embedded"] == 0
+
+
+@pytest.mark.slow
+def test_seed_style_ensemble_clip_l14_with_resnet152(image_dir, tmp_path):
+    """The seed's mix through its named ensemble config: real architectures, random weights."""
+    from flows.hydra_config import compose
+
+    cfg = compose([f"source.uri={image_dir / 'sub' / 'deeper'}", f"sink.uri={tmp_path / 's.lance'}",
+                   "model=clip_l14_resnet152", "model.members.0.pretrained=random",
+                   "model.members.1.pretrained=random", "runtime.device=cpu",
+                   f"weights.cache_dir={tmp_path / 'c'}"])
+    summary = run(cfg)
+    vecs = np.stack(_table(tmp_path / "s.lance").embedding)
+    assert summary["dim"] == 768 + 2048 and vecs.shape == (2, 2816)
+    np.testing.assert_allclose(np.linalg.norm(vecs[:, :768], axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vecs[:, 768:], axis=1), 1, atol=1e-5)

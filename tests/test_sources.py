@@ -46,3 +46,55 @@ def test_odd_names_round_trip(tmp_path, name):
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(ClipvecError, match="does not exist"):
         list(list_images(str(tmp_path / "nope")))
+
+
+def _tar(path, names):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        for n in names:
+            data = make_image(path.parent / "tmp.png", seed=len(n), fmt="PNG").read_bytes() \
+                if n.endswith(".png") else b"caption"
+            info = tarfile.TarInfo(n)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    (path.parent / "tmp.png").unlink(missing_ok=True)
+    return path
+
+
+def test_webdataset_shards_yield_their_images(tmp_path):
+    from clipvec_tasks.sources import read_bytes
+
+    (tmp_path / "shards").mkdir()
+    _tar(tmp_path / "shards" / "00000.tar", ["a.png", "a.txt", "b.png", "b.json"])
+    _tar(tmp_path / "shards" / "00001.tar", ["c.png"])
+    items = list(list_images(str(tmp_path / "shards")))
+    assert [i.id.split("::")[0] for i in items] == ["tar://a.png", "tar://b.png", "tar://c.png"]
+    assert items[0].id.endswith("::file://" + str(tmp_path / "shards" / "00000.tar"))
+    assert read_bytes(items[2].uri)[:4] == b"\x89PNG"
+    assert len(list(list_images(str(tmp_path / "shards" / "00001.tar")))) == 1
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_uri_list_parquet_or_csv(tmp_path, fmt):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    a = make_image(tmp_path / "imgs" / "a.png")
+    make_image(tmp_path / "imgs" / "b.png")
+    table = pa.table({"key": ["1", "2"], "url": [str(a), "imgs/b.png"]})
+    path = tmp_path / f"list.{fmt}"
+    (pq.write_table if fmt == "parquet" else pacsv.write_csv)(table, path)
+    items = list(list_images(str(path)))
+    assert [i.uri for i in items] == [f"file://{a}", f"file://{tmp_path}/imgs/b.png"]
+
+
+def test_uri_list_without_a_uri_column_is_a_clear_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"name": ["x"]}), tmp_path / "l.parquet")
+    with pytest.raises(ClipvecError, match="no column naming images"):
+        list(list_images(str(tmp_path / "l.parquet")))

@@ -98,3 +98,33 @@ def test_offline_error_says_the_ways_out(tmp_path):
                     WeightsConfig(cache_dir=str(tmp_path)))
     msg = str(e.value)
     assert "ViT-B/32" in msg and "pretrained=random" in msg and "weights.mirror" in msg
+
+
+def test_expected_hash_from_the_libraries_urls():
+    from clipvec_tasks.weights import expected_hash
+
+    sha = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
+    assert expected_hash(f"https://openaipublic.azureedge.net/clip/models/{sha}/ViT-B-32.pt") == sha
+    assert expected_hash("https://download.pytorch.org/models/resnet152-f82ba261.pth") == "f82ba261"
+    assert expected_hash("https://hf.co/laion/x/resolve/main/open_clip_pytorch_model.bin") is None
+
+
+def test_corrupt_mirror_copy_is_refused(tmp_path):
+    import hashlib
+
+    mirror = tmp_path / "mirror" / "fam"
+    mirror.mkdir(parents=True)
+    (mirror / "w.bin").write_bytes(b"tampered")
+    good = hashlib.sha256(b"weights").hexdigest()
+
+    def no_download(cache_dir):
+        raise AssertionError("the hub must not be asked")
+
+    with pytest.raises(ClipvecError, match="corrupt"):
+        fetch_tag("fam", "A", "t", "fam/w.bin", no_download, str(tmp_path / "c"),
+                  str(tmp_path / "mirror"), None, expected_sha256=good[:8])
+    assert not (tmp_path / "c" / "weights" / "fam" / "w.bin").exists()
+    (mirror / "w.bin").write_bytes(b"weights")
+    path = fetch_tag("fam", "A", "t", "fam/w.bin", no_download, str(tmp_path / "c"),
+                     str(tmp_path / "mirror"), None, expected_sha256=good[:8])
+    assert Path(path).read_bytes() == b"weights"

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..registry import ModelSpec
-from ..weights import ResolvedWeights, WeightsRef, fetch_tag, load_state_dict
+from ..weights import ResolvedWeights, WeightsRef, expected_hash, fetch_tag, load_state_dict
 from .base import ensure_materialized, seeded
 
 # keys that OpenAI's TorchScript checkpoints carry beside the parameters
@@ -42,7 +42,7 @@ def fetch(spec: ModelSpec, ref: WeightsRef, cache_dir: str, mirror: str | None,
     return fetch_tag(
         "open_clip", spec.arch, ref.value, f"open_clip/{spec.arch}/{ref.value}/{fname}",
         lambda cache: open_clip.download_pretrained(cfg, cache_dir=cache),
-        cache_dir, mirror, probe, storage_options,
+        cache_dir, mirror, probe, storage_options, expected_hash(url),
     )
 
 

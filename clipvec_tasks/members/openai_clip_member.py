@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..registry import ModelSpec
-from ..weights import ResolvedWeights, WeightsRef, fetch_tag, load_state_dict
+from ..weights import ResolvedWeights, WeightsRef, expected_hash, fetch_tag, load_state_dict
 from .base import seeded
 
 # clip.model.CLIP's constructor arguments per architecture (what build_model
@@ -45,7 +45,7 @@ def fetch(spec: ModelSpec, ref: WeightsRef, cache_dir: str, mirror: str | None,
     relname = f"openai_clip/{os.path.basename(url)}"
     return fetch_tag("openai_clip", spec.arch, ref.value, relname,
                      lambda cache: clip.clip._download(url, cache), cache_dir, mirror, url,
-                     storage_options)
+                     storage_options, expected_hash(url))
 
 
 def random_state_dict(arch: str) -> dict[str, torch.Tensor]:

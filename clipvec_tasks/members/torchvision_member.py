@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..registry import ModelSpec
-from ..weights import ResolvedWeights, WeightsRef, fetch_tag, load_state_dict
+from ..weights import ResolvedWeights, WeightsRef, expected_hash, fetch_tag, load_state_dict
 from .base import ensure_materialized, seeded
 
 
@@ -76,7 +76,7 @@ def fetch(spec: ModelSpec, ref: WeightsRef, cache_dir: str, mirror: str | None,
         return dest
 
     return fetch_tag("torchvision", spec.arch, ref.value, f"torchvision/{fname}", download,
-                     cache_dir, mirror, w.url, storage_options)
+                     cache_dir, mirror, w.url, storage_options, expected_hash(w.url))
 
 
 def build(spec: ModelSpec, weights: ResolvedWeights) -> tuple[torch.nn.Module, Any, dict]:
