@@ -19,6 +19,7 @@ class JpegInfo:
     width: int
     height: int
     components: int
+    exif: bool = False  # an APP1 Exif block (which may rotate the image) precedes the frame
 
 
 def jpeg_info(data: bytes) -> JpegInfo | None:
@@ -26,6 +27,7 @@ def jpeg_info(data: bytes) -> JpegInfo | None:
     if data[:2] != b"\xff\xd8" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return None
     i, n = 2, len(data)
+    exif = False
     while i + 4 <= n:
         if data[i] != 0xFF:
             return None
@@ -37,36 +39,52 @@ def jpeg_info(data: bytes) -> JpegInfo | None:
             i += 2
             continue
         length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00":
+            exif = True
         if marker in _SOF:
             if i + 10 > n:
                 return None
             h = int.from_bytes(data[i + 5:i + 7], "big")
             w = int.from_bytes(data[i + 7:i + 9], "big")
-            return JpegInfo(w, h, data[i + 9]) if w and h else None
+            return JpegInfo(w, h, data[i + 9], exif) if w and h else None
         i += 2 + length
     return None
 
 
-def decode_jpegs_on_device(blobs: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
-    """Decode JPEGs to uint8 [3, H, W] on ``device`` (EXIF orientation applied).
+def decode_jpegs_on_device(blobs: list[bytes], device: torch.device,
+                           exif: list[bool] | None = None) -> list[torch.Tensor | None]:
+    """Decode JPEGs to uint8 [3, H, W] on ``device``, EXIF orientation applied.
 
-    One batched call; if the batch fails, each image is tried alone, and an
-    image the GPU cannot decode is None (the caller falls back to the CPU).
+    Files with an Exif block (``exif[i]``) are decoded in their own batched call
+    with orientation handling, the rest without it (that handling costs about
+    40% of nvJPEG's throughput on an H100). If a batch fails, each image is tried
+    alone, and one the GPU cannot decode is None (the caller falls back to the CPU).
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     if not blobs:
         return []
+    flags = exif if exif is not None else [True] * len(blobs)
+    out: list[torch.Tensor | None] = [None] * len(blobs)
+    for want in (False, True):
+        idx = [i for i, f in enumerate(flags) if bool(f) == want]
+        if idx:
+            for i, t in zip(idx, _decode([blobs[i] for i in idx], device, want), strict=True):
+                out[i] = t
+    return out
+
+
+def _decode(blobs: list[bytes], device: torch.device, orient: bool) -> list[torch.Tensor | None]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     try:
         return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device,
-                                apply_exif_orientation=True))
+                                apply_exif_orientation=orient))
     except RuntimeError:
         out: list[torch.Tensor | None] = []
         for t in tensors:
             try:
                 out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device,
-                                       apply_exif_orientation=True))
+                                       apply_exif_orientation=orient))
             except RuntimeError:
                 out.append(None)
         return out

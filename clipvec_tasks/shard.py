@@ -53,6 +53,7 @@ class Prepared:
     inputs: list[torch.Tensor] | None = None  # pil path: each member's input
     pixels: torch.Tensor | None = None  # tensor path: uint8 [3, H, W]
     jpeg: bytes | None = None  # tensor path: to be decoded on the device
+    exif: bool = False  # tensor path: the JPEG carries an Exif block
 
 
 def _read(item: SourceItem, read: Callable[[str], bytes]) -> bytes | Prepared:
@@ -74,7 +75,8 @@ def prepare(item: SourceItem, read: Callable[[str], bytes], embedder: Embedder,
     if tensor_path:
         info = jpeg_info(data)
         if info and info.components in (1, 3) and info.width * info.height <= policy.max_pixels:
-            return Prepared(item, "ok", None, digest, info.width, info.height, 1, jpeg=data)
+            return Prepared(item, "ok", None, digest, info.width, info.height, 1, jpeg=data,
+                            exif=info.exif)
     decoded = decode_image(data, item.uri, policy)
     if decoded.image is None:
         return Prepared(item, decoded.status, decoded.error, digest)
@@ -159,7 +161,8 @@ def _stage(windows: Iterable[list[Prepared]], embedder: Embedder, policy: Decode
         ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
         with ctx, torch.inference_mode():
             jpegs = [p for p in window if p.status == "ok" and p.jpeg is not None]
-            decoded = decode_jpegs_on_device([p.jpeg for p in jpegs], device)  # type: ignore[misc]
+            decoded = decode_jpegs_on_device([p.jpeg for p in jpegs], device,  # type: ignore[misc]
+                                             [p.exif for p in jpegs])
             for p, t in zip(jpegs, decoded, strict=True):
                 if t is None or t.shape[0] != 3:  # the GPU could not: the CPU policy decides
                     _cpu_fallback(p, policy)

@@ -35,18 +35,18 @@ def resample_weights(in_sizes: torch.Tensor, out_sizes: torch.Tensor, starts: to
     """[B, length, max_in] weights: rows ``starts..starts+length`` of Pillow's resize of
     ``in_sizes`` to ``out_sizes`` (Resample.c ``precompute_coeffs``), zero past each input."""
     dev = in_sizes.device
-    ins = in_sizes.to(torch.float64)[:, None, None]
-    scale = ins / out_sizes.to(torch.float64)[:, None, None]
+    ins = in_sizes.to(torch.float32)[:, None, None]
+    scale = ins / out_sizes.to(torch.float32)[:, None, None]
     fscale = scale.clamp(min=1.0)
     support = _SUPPORT[kind] * fscale
-    out_idx = (starts[:, None] + torch.arange(length, device=dev)[None, :]).to(torch.float64)
+    out_idx = (starts[:, None] + torch.arange(length, device=dev)[None, :]).to(torch.float32)
     center = (out_idx[:, :, None] + 0.5) * scale
     xmin = torch.trunc(center - support + 0.5).clamp(min=0)
     xmax = torch.minimum(torch.trunc(center + support + 0.5), ins)
-    x = torch.arange(max_in, device=dev, dtype=torch.float64)[None, None, :]
+    x = torch.arange(max_in, device=dev, dtype=torch.float32)[None, None, :]
     w = _filter((x - center + 0.5) / fscale, kind) * ((x >= xmin) & (x < xmax))
     total = w.sum(-1, keepdim=True)
-    return (w / torch.where(total == 0, torch.ones_like(total), total)).to(torch.float32)
+    return w / torch.where(total == 0, torch.ones_like(total), total)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +72,25 @@ class TensorTransform:
         resize = rec.get("resize_size", [crop])[0]
         return cls(int(resize), int(crop), interp, tuple(rec["mean"]), tuple(rec["std"]))
 
-    def __call__(self, images: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        """uint8 [3, H, W] images (any sizes, one device) -> normalised [B, 3, crop, crop]."""
+    def __call__(self, images: list[torch.Tensor], dtype: torch.dtype,
+                 group: int = 64) -> torch.Tensor:
+        """uint8 [3, H, W] images (any sizes, one device) -> normalised [B, 3, crop, crop].
+
+        Images are resized in groups of similar height, so that padding each group
+        to its own largest image wastes little of the matrix products' work.
+        """
+        if len(images) <= group:
+            return self._resize(images, dtype)
+        order = sorted(range(len(images)), key=lambda i: (images[i].shape[1], images[i].shape[2]))
+        out = torch.empty((len(images), 3, self.crop, self.crop), dtype=dtype,
+                          device=images[0].device)
+        for s in range(0, len(order), group):
+            idx = order[s:s + group]
+            out[torch.tensor(idx, device=out.device)] = self._resize([images[i] for i in idx],
+                                                                     dtype)
+        return out
+
+    def _resize(self, images: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         dev = images[0].device
         h_list, w_list = [im.shape[1] for im in images], [im.shape[2] for im in images]
         hs = torch.tensor(h_list, device=dev)
