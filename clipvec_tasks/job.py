@@ -206,8 +206,11 @@ def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
             statuses.update(b.column("status").to_pylist())
             yield b
 
+    # reads from a bucket wait on the network, not the CPU: many threads hide the latency
+    remote = "://" in job.source_uri and not job.source_uri.startswith("file://")
+    workers = job.decode_workers or (32 if remote else None)
     batches = embed_items(shard.items, embedder, _reader(job.source_options), run_id,
-                          job.batch_size, job.decode_workers,
+                          job.batch_size, workers,
                           DecodePolicy(max_pixels=job.max_pixels),
                           progress.update if progress else None, job.preprocess)
     fragments = dataset.write_fragments(counted(batches), job.sink_uri, embedder.dim,

@@ -106,8 +106,8 @@ def embed_items(
     policy = policy or DecodePolicy()
     tensor_path = _use_tensor_path(preprocess, embedder)
     # the tensor path's readers only read and parse headers: a few threads keep up, and more
-    # only contend for the GIL with the GPU staging thread (H100: 4 beat 8 and 16)
-    workers = workers or min(4 if tensor_path else 8, os.cpu_count() or 2)
+    # only contend for the GIL with the GPU staging thread (H100: 2 beat 4, 8 and 16)
+    workers = workers or min(2 if tensor_path else 8, os.cpu_count() or 2)
     prepared = _prefetch(items, lambda it: prepare(it, read, embedder, policy, tensor_path),
                          workers, max(2 * batch_size, 4 * workers))
     windows = _windows(prepared, batch_size)
