@@ -57,7 +57,7 @@ def main() -> None:
     args = p.parse_args()
     dev = torch.device(args.device)
     files = sorted(str(x) for x in Path(args.corpus).rglob("*.jpg"))
-    blobs = [open(f, "rb").read() for f in files]
+    blobs = [Path(f).read_bytes() for f in files]
     n = len(blobs)
     res: dict = {"images": n, "cores": os.cpu_count()}
     from torchvision.io import ImageReadMode, decode_jpeg
