@@ -6,7 +6,6 @@ list -> fetch weights -> plan (diff with the dataset) -> embed shards (fan-out)
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -180,13 +179,6 @@ def get_embedder(job: JobConfig) -> Embedder:
             _EMBEDDERS[key] = Embedder(
                 [load_member(m, device, precision, job.weights) for m in job.members])
         return _EMBEDDERS[key]
-
-
-def prewarm(job: JobConfig) -> None:
-    """Load ``job``'s model into this process's cache ahead of the shards (errors surface later,
-    in the tasks that need the model)."""
-    with contextlib.suppress(Exception):
-        get_embedder(job)
 
 
 def _reader(options: dict[str, Any]):

@@ -45,7 +45,7 @@ def _ref(weights: dict[str, Any], spec_weights: str) -> WeightsRef:
 def text_query(meta: dict[str, Any], text: str, cache: WeightsConfig) -> list[tuple[int, int,
                                                                                      np.ndarray]]:
     """(offset, dim, unit text vector) for each CLIP member of the dataset's model."""
-    from .members import _family
+    from .members import family_module
 
     out = []
     for m in meta["model"]["members"]:
@@ -57,7 +57,7 @@ def text_query(meta: dict[str, Any], text: str, cache: WeightsConfig) -> list[tu
         if sha and resolved.sha256 != sha:
             raise ClipvecError(f"The weights found for {m['name']} (sha256 {resolved.sha256[:12]}) "
                                f"are not the ones the dataset was made with ({sha[:12]}).")
-        vec = _family(spec.family).build_text(spec, resolved)([text])[0].numpy()
+        vec = family_module(spec.family).build_text(spec, resolved)([text])[0].numpy()
         out.append((int(m["offset"]), int(m["dim"]), vec / np.linalg.norm(vec)))
     if not out:
         raise ClipvecError("This dataset's model has no CLIP member, so it has no text tower to "

@@ -11,7 +11,6 @@ vectors within the fidelity bound of the upstream PIL transforms.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -123,6 +122,3 @@ def _pad(images: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
         padded = nested.to_padded_tensor(0, output_size=(len(images), 3, h, w))
     return padded.to(torch.float32)
 
-
-def fits(n_pixels: int) -> bool:
-    return n_pixels > 0 and math.isfinite(n_pixels)

@@ -208,21 +208,34 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     """Run the flow on ``config``; a user error raises ClipvecError with its paragraph."""
     job = J.JobConfig.from_dict(config)
     J.preflight(job)
-    # load the model while Prefect's local API starts: both take seconds, and the
-    # shard tasks of this process pick the loaded model up from the cache
-    threading.Thread(target=J.prewarm, args=(job,), name="clipvec-prewarm", daemon=True).start()
+    runner = _task_runner(config.get("runtime", {}))
+    if isinstance(runner, ThreadPoolTaskRunner):
+        # load the model while Prefect's local API starts: both take seconds; the shard
+        # tasks of this process take the loaded model from the cache, and a model that
+        # cannot be loaded is reported here, as one paragraph, before any task runs
+        errors: list[BaseException] = []
+        loader = threading.Thread(target=_prewarm, args=(job, errors), name="clipvec-prewarm",
+                                  daemon=True)
+        loader.start()
+        local_api.wait()
+        loader.join()
+        if errors:
+            raise errors[0]
     local_api.wait()
-    state = vectorize.with_options(task_runner=_task_runner(config.get("runtime", {})))(
-        _public(config), return_state=True)
+    state = vectorize.with_options(task_runner=runner)(_public(config), return_state=True)
     if state.is_failed():
         exc = state.result(raise_on_failure=False)
-        if isinstance(exc, BaseException) and not isinstance(exc, ClipvecError) \
-                and "Flow run encountered" not in str(state.message):
-            raise ClipvecError(state.message or "the run failed")
-        if isinstance(exc, BaseException) and not isinstance(exc, ClipvecError):
-            raise exc
+        if isinstance(exc, BaseException):
+            raise exc  # not a user error the flow reported: keep its traceback
         raise ClipvecError(state.message or "the run failed")
     return state.result()
+
+
+def _prewarm(job: J.JobConfig, errors: list[BaseException]) -> None:
+    try:
+        J.get_embedder(job)
+    except BaseException as e:  # handed to the caller's thread
+        errors.append(e)
 
 
 def _task_runner(runtime: dict[str, Any]) -> Any:

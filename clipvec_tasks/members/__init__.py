@@ -40,7 +40,7 @@ class WeightsConfig:
     storage_options: tuple[tuple[str, object], ...] = ()
 
 
-def _family(name: str) -> ModuleType:
+def family_module(name: str) -> ModuleType:
     from . import open_clip_member, openai_clip_member, torchvision_member
 
     return {
@@ -62,7 +62,7 @@ def resolve_weights(spec: ModelSpec, ref: WeightsRef, cfg: WeightsConfig) -> Res
         if ref.kind == "checkpoint":
             path = fetch_checkpoint(ref.value, cfg.cache_dir, opts)
         else:
-            path = _family(spec.family).fetch(spec, ref, cfg.cache_dir, cfg.mirror, opts)
+            path = family_module(spec.family).fetch(spec, ref, cfg.cache_dir, cfg.mirror, opts)
         return ResolvedWeights(ref, path, sha256_file(path, cache_dir=cfg.cache_dir))
 
 
@@ -74,7 +74,7 @@ def load_member(
     ref = parse_pretrained(member.pretrained, spec.weights, member.seed)
     resolved = resolve_weights(spec, ref, weights)
     try:
-        tower, preprocess, record = _family(spec.family).build(spec, resolved)
+        tower, preprocess, record = family_module(spec.family).build(spec, resolved)
     except RuntimeError as e:
         if "state_dict" in str(e) or "size mismatch" in str(e):
             raise ClipvecError(
@@ -86,4 +86,5 @@ def load_member(
                   member.normalize)
 
 
-__all__ = ["Member", "MemberConfig", "WeightsConfig", "load_member", "resolve_weights"]
+__all__ = ["Member", "MemberConfig", "WeightsConfig", "family_module", "load_member",
+           "resolve_weights"]
