@@ -45,6 +45,7 @@ class JobConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     on_deleted: str = "keep"  # rows of inputs gone from the source: keep or delete
     preprocess: str = "auto"  # auto (tensor on GPU, pil on CPU), pil, tensor
+    compile: bool = False  # torch.compile each member's tower
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> JobConfig:
@@ -82,6 +83,7 @@ class JobConfig:
             on_deleted=_on_deleted(sink.get("on_deleted", "keep")),
             preprocess=_choice("runtime.preprocess", rt.get("preprocess", "auto"),
                                ("auto", "pil", "tensor")),
+            compile=bool(rt.get("compile", False)),
         )
 
 
@@ -169,7 +171,7 @@ def get_embedder(job: JobConfig) -> Embedder:
     """This process's embedder for ``job``'s model: loaded once, reused by every shard."""
     device = resolve_device(job.device)
     precision = resolve_precision(job.precision, device)
-    key = (job.members, str(device), precision, job.weights)
+    key = (job.members, str(device), precision, job.weights, job.compile)
     with _EMBEDDERS_LOCK:
         if key not in _EMBEDDERS:
             if device.type == "cpu":
@@ -177,7 +179,8 @@ def get_embedder(job: JobConfig) -> Embedder:
 
                 torch.set_num_threads(os.cpu_count() or 1)
             _EMBEDDERS[key] = Embedder(
-                [load_member(m, device, precision, job.weights) for m in job.members])
+                [load_member(m, device, precision, job.weights, job.compile)
+                 for m in job.members])
         return _EMBEDDERS[key]
 
 

@@ -67,9 +67,10 @@ def resolve_weights(spec: ModelSpec, ref: WeightsRef, cfg: WeightsConfig) -> Res
 
 
 def load_member(
-    member: MemberConfig, device: torch.device, precision: str, weights: WeightsConfig
+    member: MemberConfig, device: torch.device, precision: str, weights: WeightsConfig,
+    compile: bool = False,
 ) -> Member:
-    """Build one member on ``device`` at ``precision`` (fp32/bf16/fp16)."""
+    """Build one member on ``device`` at ``precision`` (fp32/bf16/fp16), optionally compiled."""
     spec = get_spec(member.name)
     ref = parse_pretrained(member.pretrained, spec.weights, member.seed)
     resolved = resolve_weights(spec, ref, weights)
@@ -83,7 +84,7 @@ def load_member(
             ) from e
         raise
     return Member(spec, tower, preprocess, record, resolved, device, DTYPES[precision],
-                  member.normalize)
+                  member.normalize, compile)
 
 
 __all__ = ["Member", "MemberConfig", "WeightsConfig", "family_module", "load_member",

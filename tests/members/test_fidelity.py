@@ -124,3 +124,21 @@ def test_bf16_stays_close_to_fp32(photo):
         m = load_member(MemberConfig("tiny_clip", "random"), CPU, p, WeightsConfig())
         out[p] = m.encode(m.preprocess(img)[None])[0]
     assert _cos(out["fp32"], out["bf16"]) >= 0.99
+
+
+def test_convolutional_towers_are_recognised_for_channels_last():
+    from clipvec_tasks.members.base import _is_convolutional
+
+    conv = load_member(MemberConfig("resnet18", "random"), CPU, "fp32", WeightsConfig())
+    vit = load_member(MemberConfig("tiny_clip", "random"), CPU, "fp32", WeightsConfig())
+    assert _is_convolutional(conv.tower) and not _is_convolutional(vit.tower)
+    assert not conv.channels_last  # only on GPUs
+
+
+def test_compiled_tower_gives_the_same_vectors(photo):
+    img = decode_image(photo.read_bytes()).image
+    plain = load_member(MemberConfig("tiny_clip", "random"), CPU, "fp32", WeightsConfig())
+    fast = load_member(MemberConfig("tiny_clip", "random"), CPU, "fp32", WeightsConfig(),
+                       compile=True)
+    x = plain.preprocess(img)[None]
+    assert _cos(plain.encode(x)[0], fast.encode(x)[0]) >= 0.9999
