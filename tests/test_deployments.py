@@ -37,3 +37,18 @@ def test_compose_matches_the_command_line():
     assert cfg["model"]["members"][1]["pretrained"] == "random"
     assert cfg["source"]["uri"].endswith("examples/images")
     assert "hydra" not in cfg
+
+
+@pytest.mark.parametrize(("overrides", "names"), [
+    (["model=resnet50"], ["resnet50"]),
+    (["model=[open_clip_vit_b32,resnet18]"], ["open_clip_vit_b32", "resnet18"]),
+    (["model=[clip_l14_resnet152,vit_b_16]"], ["openai_clip_vit_l14", "resnet152", "vit_b_16"]),
+    (["model=open_clip_vit_h14", "model.members.0.normalize=false"], ["open_clip_vit_h14"]),
+])
+def test_model_selections_compose(overrides, names):
+    from flows.hydra_config import compose
+
+    cfg = compose(overrides)
+    assert [m["name"] for m in cfg["model"]["members"]] == names
+    if "normalize=false" in overrides[-1]:
+        assert cfg["model"]["members"][0]["normalize"] is False
