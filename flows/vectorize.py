@@ -109,7 +109,6 @@ def _run_id() -> str:
 @flow(name="vectorize", log_prints=False)
 def vectorize(config: dict[str, Any]) -> dict[str, Any]:
     """Embed every new or changed image of ``config['source']`` into ``config['sink']``."""
-    global _progress
     t0 = time.perf_counter()
     logger = get_run_logger()
     try:
