@@ -75,8 +75,10 @@ def search(ds: Any, text: str, k: int = 10, cache: WeightsConfig | None = None,
     members = meta["model"]["members"]
     if len(parts) == len(members) and _has_index(ds):
         q = np.concatenate([v for _, _, v in parts]).astype(np.float32) / len(parts)
-        t = ds.to_table(columns=["id", "uri"], nearest={"column": "embedding", "q": q, "k": k},
-                        filter="status = 'ok'")
+        # refine: the index proposes 10 k candidates, exact distances rank them
+        t = ds.to_table(columns=["id", "uri"], filter="status = 'ok'",
+                        nearest={"column": "embedding", "q": q, "k": k, "nprobes": 32,
+                                 "refine_factor": 10})
         d = t.column("_distance").to_numpy()
         return [Hit(i + 1, float(1 - s), u, x) for i, (s, u, x) in
                 enumerate(zip(d, t.column("uri").to_pylist(), t.column("id").to_pylist(),

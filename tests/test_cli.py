@@ -109,9 +109,14 @@ def test_index_then_search_uses_it(capsys, tmp_path, prefect_api):
         make_image(src / f"{i:03d}.png", (32, 32), seed=i)
     sink = tmp_path / "big.lance"
     run(job_config(src, sink, shard_size=1000, batch_size=64))
-    exact = _cli(capsys, "search", str(sink), "a blue circle", "-k", "5")
+    exact = _cli(capsys, "search", str(sink), "a blue circle", "-k", "300")
+    truth = {ln.split()[2]: float(ln.split()[1]) for ln in exact.splitlines()[1:]}
     out = _cli(capsys, "datasets", "index", str(sink), "--partitions", "2")
     assert "indexed 300 rows" in out
-    ann = _cli(capsys, "search", str(sink), "a blue circle", "-k", "5")
-    top_exact = exact.splitlines()[1].split()[2]
-    assert top_exact in ann  # the exact best is among the index's top 5
+    ann = [ln.split() for ln in _cli(capsys, "search", str(sink), "a blue circle", "-k", "5")
+           .splitlines()[1:]]
+    assert len(ann) == 5
+    # refined by exact distances: each score is the row's true score, in order
+    for _, score, uri in ann:
+        assert abs(float(score) - truth[uri]) < 1e-3
+    assert [float(s) for _, s, _ in ann] == sorted((float(s) for _, s, _ in ann), reverse=True)
