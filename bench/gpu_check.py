@@ -89,14 +89,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def end_to_end(items, embedder, bs: int, workers: int, out: Path) -> dict:
-    # warm-up on a few batches (cuDNN/cuBLAS heuristics, nvJPEG handles)
-    for _ in embed_items(items[: 2 * bs], embedder, read_bytes, "warm", bs, workers):
+def end_to_end(items, embedder, bs: int, workers: int, out: Path, procs: int = 0) -> dict:
+    # warm-up on a few batches (cuDNN/cuBLAS heuristics, nvJPEG handles, reader processes)
+    for _ in embed_items(items[: 2 * bs], embedder, read_bytes, "warm", bs, workers,
+                         read_processes=procs):
         pass
     _sync(embedder.device)
     t0 = time.perf_counter()
     writer, rows = None, 0
-    for batch in embed_items(items, embedder, read_bytes, "bench", bs, workers):
+    for batch in embed_items(items, embedder, read_bytes, "bench", bs, workers,
+                             read_processes=procs):
         if writer is None:
             writer = pq.ParquetWriter(out, batch.schema)
         writer.write_batch(batch)
@@ -151,6 +153,8 @@ def main() -> None:
     p.add_argument("--seed-images", type=int, default=512)
     p.add_argument("--sweep-workers", default="", help="e.g. 4,8,16: prep and end to end "
                    "of the first model at each count of decode workers")
+    p.add_argument("--read-processes", default="", help="e.g. 0,4,8: end to end of the first "
+                   "model with each count of reader processes (0: threads)")
     p.add_argument("--out", default="gpu_check.json")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -173,13 +177,25 @@ def main() -> None:
         args.workers = best
         result["decode_workers"] = best
         del m
+    procs = 0
+    if args.read_processes:
+        m = _member(args.models.split(",")[0], device, "bf16")
+        result["read_processes"] = {}
+        for n in [int(x) for x in args.read_processes.split(",")]:
+            result["read_processes"][n] = end_to_end(items, Embedder([m]), args.batch_size,
+                                                     args.workers, tmp, n)
+            _log(f"read processes {n}: {result['read_processes'][n]}")
+        procs = max(result["read_processes"],
+                    key=lambda n: result["read_processes"][n]["img_per_s"])
+        result["chosen_read_processes"] = procs
+        del m
     result["models"] = {}
     for name in args.models.split(","):
         t0 = time.perf_counter()
         m = _member(name, device, "bf16")
         load_s = time.perf_counter() - t0
         bound = model_only(m, args.batch_size)
-        e2e = end_to_end(items, Embedder([m]), args.batch_size, args.workers, tmp)
+        e2e = end_to_end(items, Embedder([m]), args.batch_size, args.workers, tmp, procs)
         if "prep_only" not in result:
             result["prep_only"] = prep_only(items, Embedder([m]), args.batch_size, args.workers)
             _log(f"prep only: {result['prep_only']}")
@@ -193,7 +209,7 @@ def main() -> None:
     if args.ensemble:
         members = [_member(n, device, "bf16") for n in args.ensemble.split(",")]
         result["ensemble"] = {"members": args.ensemble, **end_to_end(
-            items, Embedder(members), args.batch_size, args.workers, tmp)}
+            items, Embedder(members), args.batch_size, args.workers, tmp, procs)}
         _log(f"ensemble: {result['ensemble']}")
         del members
     if args.seed_images:

@@ -46,6 +46,7 @@ class JobConfig:
     on_deleted: str = "keep"  # rows of inputs gone from the source: keep or delete
     preprocess: str = "auto"  # auto (tensor on GPU, pil on CPU), pil, tensor
     compile: bool = False  # torch.compile each member's tower
+    read_processes: int | None = None  # GPU path: reader processes (None: auto)
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> JobConfig:
@@ -84,6 +85,8 @@ class JobConfig:
             preprocess=_choice("runtime.preprocess", rt.get("preprocess", "auto"),
                                ("auto", "pil", "tensor")),
             compile=bool(rt.get("compile", False)),
+            read_processes=None if rt.get("read_processes") is None
+            else int(rt["read_processes"]),
         )
 
 
@@ -184,6 +187,14 @@ def get_embedder(job: JobConfig) -> Embedder:
         return _EMBEDDERS[key]
 
 
+def _read_processes(job: JobConfig) -> int:
+    """Reader processes for the GPU path: on machines with cores to spare, unless set."""
+    if job.read_processes is not None:
+        return job.read_processes
+    cores = os.cpu_count() or 1
+    return min(8, cores // 2) if cores >= 8 else 0
+
+
 def _reader(options: dict[str, Any]):
     return lambda uri: read_bytes(uri, options)
 
@@ -207,7 +218,8 @@ def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
     batches = embed_items(shard.items, embedder, _reader(job.source_options), run_id,
                           job.batch_size, workers,
                           DecodePolicy(max_pixels=job.max_pixels),
-                          progress.update if progress else None, job.preprocess)
+                          progress.update if progress else None, job.preprocess,
+                          _read_processes(job), job.source_options)
     fragments = dataset.write_fragments(counted(batches), job.sink_uri, embedder.dim,
                                         job.sink_options)
     result = {"shard": shard.index, "fragments": fragments, "statuses": dict(statuses),

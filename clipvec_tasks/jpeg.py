@@ -8,8 +8,10 @@ formats) takes the CPU decode policy, which knows how to fail well.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch stays out of the reader processes, which import this module
+    import torch
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -73,6 +75,7 @@ def decode_jpegs_on_device(blobs: list[bytes], device: torch.device,
 
 
 def _decode(blobs: list[bytes], device: torch.device, orient: bool) -> list[torch.Tensor | None]:
+    import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]

@@ -16,6 +16,7 @@ Two preprocessing paths:
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import queue
 import sys
@@ -101,15 +102,26 @@ def embed_items(
     policy: DecodePolicy | None = None,
     on_rows: Callable[[int], None] | None = None,
     preprocess: str = "auto",
+    read_processes: int = 0,
+    storage_options: dict[str, Any] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Yield one Arrow batch per model batch, rows in input order."""
+    """Yield one Arrow batch per model batch, rows in input order.
+
+    On the tensor path, ``read_processes`` > 0 reads ahead in that many spawned
+    worker processes (reading ``storage_options``' filesystem) instead of threads.
+    """
     policy = policy or DecodePolicy()
     tensor_path = _use_tensor_path(preprocess, embedder)
     # the tensor path's readers only read and parse headers: a few threads keep up, and more
     # only contend for the GIL with the GPU staging thread (H100: 2 beat 4, 8 and 16)
     workers = workers or min(2 if tensor_path else 8, os.cpu_count() or 2)
-    prepared = _prefetch(items, lambda it: prepare(it, read, embedder, policy, tensor_path),
-                         workers, max(2 * batch_size, 4 * workers))
+    # a daemonic process (a Dask worker) may not start children: it reads in threads
+    if tensor_path and read_processes > 0 and not multiprocessing.current_process().daemon:
+        prepared = _prefetch_processes(items, read_processes, storage_options, policy,
+                                       max(2 * batch_size, 16 * read_processes))
+    else:
+        prepared = _prefetch(items, lambda it: prepare(it, read, embedder, policy, tensor_path),
+                             workers, max(2 * batch_size, 4 * workers))
     windows = _windows(prepared, batch_size)
     if not tensor_path:
         for window in windows:
@@ -222,6 +234,36 @@ def _prefetch(items: Iterable[SourceItem], fn: Callable[[SourceItem], Prepared],
         finally:
             for f in pending:
                 f.cancel()
+
+
+def _prefetch_processes(items: Iterable[SourceItem], processes: int,
+                        options: dict[str, Any] | None, policy: DecodePolicy, lookahead: int,
+                        chunk: int = 32) -> Iterator[Prepared]:
+    """Like :func:`_prefetch`, with reads in spawned worker processes (see readahead)."""
+    from .readahead import pool, read_chunk
+
+    executor = pool(processes)
+    pending: deque[tuple[list[SourceItem], Future[list[Any]]]] = deque()
+    it = iter(items)
+    try:
+        while True:
+            while len(pending) * chunk < lookahead:
+                block = list(islice(it, chunk))
+                if not block:
+                    break
+                pending.append((block, executor.submit(read_chunk, block, options, policy)))
+            if not pending:
+                return
+            block, future = pending.popleft()
+            for item, r in zip(block, future.result(), strict=True):
+                p = Prepared(item, r.status, r.error, r.sha256, r.width, r.height, r.frames,
+                             jpeg=r.jpeg, exif=r.exif)
+                if r.pixels is not None:
+                    p.pixels = torch.from_numpy(r.pixels).permute(2, 0, 1)
+                yield p
+    finally:
+        for _, f in pending:
+            f.cancel()
 
 
 def _windows(prepared: Iterable[Prepared], batch_size: int) -> Iterator[list[Prepared]]:

@@ -256,3 +256,18 @@ def test_seed_style_ensemble_clip_l14_with_resnet152(image_dir, tmp_path):
     assert summary["dim"] == 768 + 2048 and vecs.shape == (2, 2816)
     np.testing.assert_allclose(np.linalg.norm(vecs[:, :768], axis=1), 1, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(vecs[:, 768:], axis=1), 1, atol=1e-5)
+
+
+def test_reader_processes_give_the_same_rows(image_dir, tmp_path):
+    """The GPU path's spawned reader processes (run here on CPU) change nothing in the rows."""
+    (image_dir / "empty.jpg").write_bytes(b"")
+    make_image(image_dir / "big.jpg", (640, 400), seed=78)
+    cfg = dict(model="resnet18", preprocess="tensor")
+    run(job_config(image_dir, tmp_path / "threads.lance", read_processes=0, **cfg))
+    run(job_config(image_dir, tmp_path / "procs.lance", read_processes=2, **cfg))
+    a = _table(tmp_path / "threads.lance").set_index("id").sort_index()
+    b = _table(tmp_path / "procs.lance").set_index("id").sort_index()
+    assert list(a.status) == list(b.status) and list(a.sha256) == list(b.sha256)
+    assert list(a.width.fillna(-1)) == list(b.width.fillna(-1)) and (a.status == "empty").sum() == 1
+    ok = a.status == "ok"
+    np.testing.assert_allclose(np.stack(a.embedding[ok]), np.stack(b.embedding[ok]), atol=1e-5)

@@ -1,0 +1,72 @@
+"""Reading ahead in worker processes, for the GPU path on many-core machines.
+
+On the GPU path the CPU's share of the work per image is small (read, sha256,
+JPEG header; a CPU decode only for non-JPEG files), but in threads it competes
+for the interpreter lock with the thread that feeds the GPU. Worker processes
+(spawned: Lance is not fork-safe) do it beside the main process instead. This
+module imports neither torch nor Lance, so the workers start quickly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .decode import DecodePolicy, decode_image
+from .jpeg import jpeg_info
+from .retry import is_transient, with_retries
+from .sources import SourceItem, read_bytes
+
+
+@dataclass(slots=True)
+class Read:
+    """What a worker sends back for one input."""
+
+    status: str
+    error: str | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    jpeg: bytes | None = None
+    exif: bool = False
+    pixels: np.ndarray | None = None  # uint8 [H, W, 3], for files decoded on the CPU
+
+
+def read_one(item: SourceItem, options: dict[str, Any] | None, policy: DecodePolicy) -> Read:
+    """Read, hash and classify one input; JPEGs are left for the GPU."""
+    try:
+        data = with_retries(lambda: read_bytes(item.uri, options))
+    except Exception as e:
+        if is_transient(e):
+            raise
+        return Read("io_error", f"{type(e).__name__}: {e}"[:300])
+    digest = hashlib.sha256(data).hexdigest()
+    info = jpeg_info(data)
+    if info and info.components in (1, 3) and info.width * info.height <= policy.max_pixels:
+        return Read("ok", None, digest, info.width, info.height, 1, data, info.exif)
+    d = decode_image(data, item.uri, policy)
+    if d.image is None:
+        return Read(d.status, d.error, digest)
+    return Read("ok", None, digest, d.width, d.height, d.frames, pixels=np.array(d.image))
+
+
+def read_chunk(items: list[SourceItem], options: dict[str, Any] | None,
+               policy: DecodePolicy) -> list[Read]:
+    return [read_one(i, options, policy) for i in items]
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def pool(processes: int) -> ProcessPoolExecutor:
+    """This process's pool of ``processes`` spawned readers, created once and reused."""
+    if processes not in _POOLS:
+        _POOLS[processes] = ProcessPoolExecutor(
+            processes, mp_context=multiprocessing.get_context("spawn"))
+    return _POOLS[processes]
