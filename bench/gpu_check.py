@@ -111,14 +111,13 @@ def end_to_end(items, embedder, bs: int, workers: int, out: Path, procs: int = 0
 def prep_only(items, embedder, bs: int, workers: int) -> dict:
     """Read + decode + batched preprocessing without the model: the data path's own bound."""
     from clipvec_tasks.decode import DecodePolicy
-    from clipvec_tasks.shard import _prefetch, _stage, _windows, prepare
+    from clipvec_tasks.shard import _stage, _windows, prepared_stream
 
     policy = DecodePolicy()
     stream = torch.cuda.Stream(embedder.device) if embedder.device.type == "cuda" else None
     t0 = time.perf_counter()
     n = 0
-    prepared = _prefetch(items, lambda it: prepare(it, read_bytes, embedder, policy, True),
-                         workers, max(2 * bs, 4 * workers))
+    prepared = prepared_stream(items, embedder, read_bytes, policy, True, bs, workers)
     for window, _inputs, _ev in _stage(_windows(prepared, bs), embedder, policy, stream):
         n += len(window)
     _sync(embedder.device)

@@ -6,6 +6,7 @@ list -> fetch weights -> plan (diff with the dataset) -> embed shards (fan-out)
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -196,7 +197,8 @@ def _read_processes(job: JobConfig) -> int:
 
 
 def _reader(options: dict[str, Any]):
-    return lambda uri: read_bytes(uri, options)
+    """``read_bytes`` bound to the source's options (a partial: it pickles to reader processes)."""
+    return functools.partial(read_bytes, storage_options=options)
 
 
 def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
@@ -219,7 +221,7 @@ def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
                           job.batch_size, workers,
                           DecodePolicy(max_pixels=job.max_pixels),
                           progress.update if progress else None, job.preprocess,
-                          _read_processes(job), job.source_options)
+                          _read_processes(job))
     fragments = dataset.write_fragments(counted(batches), job.sink_uri, embedder.dim,
                                         job.sink_options)
     result = {"shard": shard.index, "fragments": fragments, "statuses": dict(statuses),

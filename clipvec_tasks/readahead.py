@@ -1,9 +1,9 @@
-"""Reading ahead in worker processes, for the GPU path on many-core machines.
+"""Reading one input, for the GPU path: in reader threads, or in worker processes.
 
 On the GPU path the CPU's share of the work per image is small (read, sha256,
 JPEG header; a CPU decode only for non-JPEG files), but in threads it competes
-for the interpreter lock with the thread that feeds the GPU. Worker processes
-(spawned: Lance is not fork-safe) do it beside the main process instead. This
+for the interpreter lock with the thread that feeds the GPU. On many-core
+machines worker processes (spawned: Lance is not fork-safe) do it instead. This
 module imports neither torch nor Lance, so the workers start quickly.
 """
 
@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from .decode import DecodePolicy, decode_image
 from .jpeg import jpeg_info
 from .retry import is_transient, with_retries
-from .sources import SourceItem, read_bytes
+from .sources import SourceItem
 
 
 @dataclass(slots=True)
@@ -38,14 +38,24 @@ class Read:
     pixels: np.ndarray | None = None  # uint8 [H, W, 3], for files decoded on the CPU
 
 
-def read_one(item: SourceItem, options: dict[str, Any] | None, policy: DecodePolicy) -> Read:
-    """Read, hash and classify one input; JPEGs are left for the GPU."""
+def fetch(item: SourceItem, read: Callable[[str], bytes]) -> bytes | Read:
+    """The input's bytes, transient errors retried; a permanent error is an io_error row.
+
+    Exhausted transient errors raise: the shard is then retried as a whole.
+    """
     try:
-        data = with_retries(lambda: read_bytes(item.uri, options))
+        return with_retries(lambda: read(item.uri))
     except Exception as e:
         if is_transient(e):
             raise
         return Read("io_error", f"{type(e).__name__}: {e}"[:300])
+
+
+def read_one(item: SourceItem, read: Callable[[str], bytes], policy: DecodePolicy) -> Read:
+    """Read, hash and classify one input; JPEGs are left for the GPU."""
+    data = fetch(item, read)
+    if isinstance(data, Read):
+        return data
     digest = hashlib.sha256(data).hexdigest()
     info = jpeg_info(data)
     if info and info.components in (1, 3) and info.width * info.height <= policy.max_pixels:
@@ -56,9 +66,10 @@ def read_one(item: SourceItem, options: dict[str, Any] | None, policy: DecodePol
     return Read("ok", None, digest, d.width, d.height, d.frames, pixels=np.array(d.image))
 
 
-def read_chunk(items: list[SourceItem], options: dict[str, Any] | None,
+def read_chunk(items: list[SourceItem], read: Callable[[str], bytes],
                policy: DecodePolicy) -> list[Read]:
-    return [read_one(i, options, policy) for i in items]
+    """``read_one`` over a chunk (``read`` must pickle to reach a worker process)."""
+    return [read_one(i, read, policy) for i in items]
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}

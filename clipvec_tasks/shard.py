@@ -15,6 +15,7 @@ Two preprocessing paths:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import os
@@ -35,8 +36,8 @@ import torch
 from .dataset import rows_to_batch
 from .decode import DecodePolicy, decode_image
 from .embedder import Embedder
-from .jpeg import decode_jpegs_on_device, jpeg_info
-from .retry import is_transient, with_retries
+from .jpeg import decode_jpegs_on_device
+from .readahead import Read, fetch, read_one
 from .sources import SourceItem
 
 
@@ -57,38 +58,30 @@ class Prepared:
     exif: bool = False  # tensor path: the JPEG carries an Exif block
 
 
-def _read(item: SourceItem, read: Callable[[str], bytes]) -> bytes | Prepared:
-    try:
-        return with_retries(lambda: read(item.uri))
-    except Exception as e:
-        if is_transient(e):
-            raise  # the shard is retried as a whole
-        return Prepared(item, "io_error", f"{type(e).__name__}: {e}"[:300])
-
-
 def prepare(item: SourceItem, read: Callable[[str], bytes], embedder: Embedder,
-            policy: DecodePolicy, tensor_path: bool = False) -> Prepared:
-    """Read, hash, decode and preprocess one input; only exhausted transient errors raise."""
-    data = _read(item, read)
-    if isinstance(data, Prepared):
-        return data
+            policy: DecodePolicy) -> Prepared:
+    """PIL path: read, hash, decode and preprocess one input (failures are rows)."""
+    data = fetch(item, read)
+    if isinstance(data, Read):
+        return _from_read(item, data)
     digest = hashlib.sha256(data).hexdigest()
-    if tensor_path:
-        info = jpeg_info(data)
-        if info and info.components in (1, 3) and info.width * info.height <= policy.max_pixels:
-            return Prepared(item, "ok", None, digest, info.width, info.height, 1, jpeg=data,
-                            exif=info.exif)
     decoded = decode_image(data, item.uri, policy)
     if decoded.image is None:
         return Prepared(item, decoded.status, decoded.error, digest)
     p = Prepared(item, "ok", None, digest, decoded.width, decoded.height, decoded.frames)
     try:
-        if tensor_path:
-            p.pixels = torch.from_numpy(np.array(decoded.image)).permute(2, 0, 1)
-        else:
-            p.inputs = embedder.preprocess(decoded.image)
+        p.inputs = embedder.preprocess(decoded.image)
     except Exception as e:  # a transform that cannot take this image
         p.status, p.error = "decode_error", f"preprocess: {type(e).__name__}: {e}"[:300]
+    return p
+
+
+def _from_read(item: SourceItem, r: Read) -> Prepared:
+    """A row from what a reader (thread or process) sent back."""
+    p = Prepared(item, r.status, r.error, r.sha256, r.width, r.height, r.frames, jpeg=r.jpeg,
+                 exif=r.exif)
+    if r.pixels is not None:
+        p.pixels = torch.from_numpy(r.pixels).permute(2, 0, 1)
     return p
 
 
@@ -103,25 +96,16 @@ def embed_items(
     on_rows: Callable[[int], None] | None = None,
     preprocess: str = "auto",
     read_processes: int = 0,
-    storage_options: dict[str, Any] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yield one Arrow batch per model batch, rows in input order.
 
     On the tensor path, ``read_processes`` > 0 reads ahead in that many spawned
-    worker processes (reading ``storage_options``' filesystem) instead of threads.
+    worker processes instead of threads (``read`` must then pickle).
     """
     policy = policy or DecodePolicy()
     tensor_path = _use_tensor_path(preprocess, embedder)
-    # the tensor path's readers only read and parse headers: a few threads keep up, and more
-    # only contend for the GIL with the GPU staging thread (H100: 2 beat 4, 8 and 16)
-    workers = workers or min(2 if tensor_path else 8, os.cpu_count() or 2)
-    # a daemonic process (a Dask worker) may not start children: it reads in threads
-    if tensor_path and read_processes > 0 and not multiprocessing.current_process().daemon:
-        prepared = _prefetch_processes(items, read_processes, storage_options, policy,
-                                       max(2 * batch_size, 16 * read_processes))
-    else:
-        prepared = _prefetch(items, lambda it: prepare(it, read, embedder, policy, tensor_path),
-                             workers, max(2 * batch_size, 4 * workers))
+    prepared = prepared_stream(items, embedder, read, policy, tensor_path, batch_size, workers,
+                               read_processes)
     windows = _windows(prepared, batch_size)
     if not tensor_path:
         for window in windows:
@@ -170,7 +154,7 @@ def _stage(windows: Iterable[list[Prepared]], embedder: Embedder, policy: Decode
     """Device decode + batched preprocessing, one window at a time (runs in a thread)."""
     device = embedder.device
     for window in windows:
-        ctx = torch.cuda.stream(stream) if stream is not None else _nullcontext()
+        ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
         with ctx, torch.inference_mode():
             jpegs = [p for p in window if p.status == "ok" and p.jpeg is not None]
             decoded = decode_jpegs_on_device([p.jpeg for p in jpegs], device,  # type: ignore[misc]
@@ -199,50 +183,50 @@ def _cpu_fallback(p: Prepared, policy: DecodePolicy) -> None:
         p.width, p.height, p.frames = d.width, d.height, d.frames
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
+def prepared_stream(items: Iterable[SourceItem], embedder: Embedder,
+                    read: Callable[[str], bytes], policy: DecodePolicy, tensor_path: bool,
+                    batch_size: int, workers: int | None = None, read_processes: int = 0,
+                    ) -> Iterator[Prepared]:
+    """Inputs read (and, on the PIL path, decoded and preprocessed) ahead, in input order."""
+    if tensor_path:
+        # a daemonic process (a Dask worker) may not start children: it reads in threads
+        if read_processes > 0 and not multiprocessing.current_process().daemon:
+            from .readahead import pool, read_chunk
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+            executor = pool(read_processes)
+            reads = _read_ahead(items, lambda b: executor.submit(read_chunk, b, read, policy),
+                                max(2 * batch_size, 16 * read_processes), chunk=32)
+            yield from (_from_read(i, r) for i, r in reads)
+            return
+        # these readers only read and parse headers: a few threads keep up, and more only
+        # contend for the GIL with the GPU staging thread (H100: 2 beat 4, 8 and 16)
+        workers = workers or min(2, os.cpu_count() or 2)
+
+        def fn(i: SourceItem) -> Prepared:
+            return _from_read(i, read_one(i, read, policy))
+    else:
+        workers = workers or min(8, os.cpu_count() or 2)
+
+        def fn(i: SourceItem) -> Prepared:
+            return prepare(i, read, embedder, policy)
+    with ThreadPoolExecutor(workers, thread_name_prefix="clipvec-read") as threads:
+        reads = _read_ahead(items, lambda b: threads.submit(_map_chunk, fn, b),
+                            max(2 * batch_size, 4 * workers), chunk=8)
+        yield from (p for _, p in reads)
 
 
-def _prefetch(items: Iterable[SourceItem], fn: Callable[[SourceItem], Prepared], workers: int,
-              lookahead: int, chunk: int = 8) -> Iterator[Prepared]:
-    """``map(fn, items)`` in a thread pool, in order, about ``lookahead`` in flight.
+def _map_chunk(fn: Callable[[SourceItem], Any], block: list[SourceItem]) -> list[Any]:
+    return [fn(i) for i in block]
 
-    Items go to the pool in chunks, so that per-future overhead (and the GIL it
+
+def _read_ahead(items: Iterable[SourceItem],
+                submit: Callable[[list[SourceItem]], Future[list[Any]]], lookahead: int,
+                chunk: int) -> Iterator[tuple[SourceItem, Any]]:
+    """(item, result) in input order, about ``lookahead`` items in flight.
+
+    Items are submitted in chunks, so that per-future overhead (and the GIL it
     takes) is paid once per chunk rather than once per image.
     """
-
-    def run_chunk(chunk_items: list[SourceItem]) -> list[Prepared]:
-        return [fn(i) for i in chunk_items]
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="clipvec-read") as pool:
-        pending: deque[Future[list[Prepared]]] = deque()
-        it = iter(items)
-        try:
-            while True:
-                while len(pending) * chunk < lookahead:
-                    block = list(islice(it, chunk))
-                    if not block:
-                        break
-                    pending.append(pool.submit(run_chunk, block))
-                if not pending:
-                    return
-                yield from pending.popleft().result()
-        finally:
-            for f in pending:
-                f.cancel()
-
-
-def _prefetch_processes(items: Iterable[SourceItem], processes: int,
-                        options: dict[str, Any] | None, policy: DecodePolicy, lookahead: int,
-                        chunk: int = 32) -> Iterator[Prepared]:
-    """Like :func:`_prefetch`, with reads in spawned worker processes (see readahead)."""
-    from .readahead import pool, read_chunk
-
-    executor = pool(processes)
     pending: deque[tuple[list[SourceItem], Future[list[Any]]]] = deque()
     it = iter(items)
     try:
@@ -251,16 +235,11 @@ def _prefetch_processes(items: Iterable[SourceItem], processes: int,
                 block = list(islice(it, chunk))
                 if not block:
                     break
-                pending.append((block, executor.submit(read_chunk, block, options, policy)))
+                pending.append((block, submit(block)))
             if not pending:
                 return
             block, future = pending.popleft()
-            for item, r in zip(block, future.result(), strict=True):
-                p = Prepared(item, r.status, r.error, r.sha256, r.width, r.height, r.frames,
-                             jpeg=r.jpeg, exif=r.exif)
-                if r.pixels is not None:
-                    p.pixels = torch.from_numpy(r.pixels).permute(2, 0, 1)
-                yield p
+            yield from zip(block, future.result(), strict=True)
     finally:
         for _, f in pending:
             f.cancel()
