@@ -1,6 +1,7 @@
 """JPEG headers read without decoding, and batched JPEG decoding on the GPU (nvJPEG).
 
-The header check routes only complete, baseline-or-progressive YCbCr/grey JPEGs
+The header check (which also reads the EXIF orientation: the GPU decoder ignores
+it) routes only complete, baseline-or-progressive YCbCr/grey JPEGs
 within the pixel limit to the GPU; everything else (CMYK, truncated files, other
 formats) takes the CPU decode policy, which knows how to fail well.
 """
@@ -18,18 +19,23 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 
 @dataclass(frozen=True, slots=True)
 class JpegInfo:
-    width: int
+    width: int  # as stored, before the EXIF orientation is applied
     height: int
     components: int
-    exif: bool = False  # an APP1 Exif block (which may rotate the image) precedes the frame
+    orientation: int = 1  # EXIF orientation (1-8; 1: as stored)
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) once the orientation is applied."""
+        return (self.height, self.width) if self.orientation >= 5 else (self.width, self.height)
 
 
 def jpeg_info(data: bytes) -> JpegInfo | None:
-    """Size and components of a complete JPEG (ends with EOI), else None."""
+    """Size, components and EXIF orientation of a complete JPEG (ends with EOI), else None."""
     if data[:2] != b"\xff\xd8" or data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
         return None
     i, n = 2, len(data)
-    exif = False
+    orientation = 1
     while i + 4 <= n:
         if data[i] != 0xFF:
             return None
@@ -41,53 +47,85 @@ def jpeg_info(data: bytes) -> JpegInfo | None:
             i += 2
             continue
         length = int.from_bytes(data[i + 2:i + 4], "big")
-        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00":
-            exif = True
+        if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\x00\x00" and orientation == 1:
+            orientation = exif_orientation(data[i + 10:i + 2 + length])
         if marker in _SOF:
             if i + 10 > n:
                 return None
             h = int.from_bytes(data[i + 5:i + 7], "big")
             w = int.from_bytes(data[i + 7:i + 9], "big")
-            return JpegInfo(w, h, data[i + 9], exif) if w and h else None
+            return JpegInfo(w, h, data[i + 9], orientation) if w and h else None
         i += 2 + length
     return None
 
 
-def decode_jpegs_on_device(blobs: list[bytes], device: torch.device,
-                           exif: list[bool] | None = None) -> list[torch.Tensor | None]:
-    """Decode JPEGs to uint8 [3, H, W] on ``device``, EXIF orientation applied.
+def exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 in an Exif TIFF block; 1 when absent or broken
+    (as Pillow's ``exif_transpose`` leaves such images alone)."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return 1
+    for k in range(int.from_bytes(tiff[ifd:ifd + 2], order)):
+        e = ifd + 2 + 12 * k
+        if e + 12 > len(tiff):
+            return 1
+        if int.from_bytes(tiff[e:e + 2], order) == 0x0112:
+            if int.from_bytes(tiff[e + 2:e + 4], order) != 3:  # SHORT
+                return 1
+            value = int.from_bytes(tiff[e + 8:e + 10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
 
-    Files with an Exif block (``exif[i]``) are decoded in their own batched call
-    with orientation handling, the rest without it (that handling costs about
-    40% of nvJPEG's throughput on an H100). If a batch fails, each image is tried
-    alone, and one the GPU cannot decode is None (the caller falls back to the CPU).
+
+def apply_orientation(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """[C, H, W] turned as Pillow's ``ImageOps.exif_transpose`` turns an image."""
+    if orientation == 2:  # mirrored
+        return image.flip(-1)
+    if orientation == 3:  # upside down
+        return image.flip(-2, -1)
+    if orientation == 4:
+        return image.flip(-2)
+    if orientation == 5:  # transpose
+        return image.transpose(-2, -1)
+    if orientation == 6:  # rotated: turn 90 degrees clockwise
+        return image.transpose(-2, -1).flip(-1)
+    if orientation == 7:  # transverse
+        return image.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:  # turn 90 degrees counter-clockwise
+        return image.transpose(-2, -1).flip(-2)
+    return image
+
+
+def decode_jpegs_on_device(blobs: list[bytes], device: torch.device,
+                           orientations: list[int] | None = None) -> list[torch.Tensor | None]:
+    """Decode JPEGs to uint8 [3, H, W] on ``device`` in one batched call, then turn each
+    by its EXIF orientation (``orientations[i]``, from :func:`jpeg_info`).
+
+    torchvision's GPU decoder ignores EXIF orientation, so it is applied here, on the
+    device. If the batch fails, each image is tried alone, and one the GPU cannot
+    decode is None (the caller falls back to the CPU).
     """
     if not blobs:
         return []
-    flags = exif if exif is not None else [True] * len(blobs)
-    out: list[torch.Tensor | None] = [None] * len(blobs)
-    for want in (False, True):
-        idx = [i for i, f in enumerate(flags) if bool(f) == want]
-        if idx:
-            for i, t in zip(idx, _decode([blobs[i] for i in idx], device, want), strict=True):
-                out[i] = t
-    return out
-
-
-def _decode(blobs: list[bytes], device: torch.device, orient: bool) -> list[torch.Tensor | None]:
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     try:
-        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device,
-                                apply_exif_orientation=orient))
+        out: list[torch.Tensor | None] = list(decode_jpeg(
+            tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False))
     except RuntimeError:
-        out: list[torch.Tensor | None] = []
+        out = []
         for t in tensors:
             try:
                 out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device,
-                                       apply_exif_orientation=orient))
+                                       apply_exif_orientation=False))
             except RuntimeError:
                 out.append(None)
-        return out
+    if orientations:
+        out = [t if t is None or o == 1 else apply_orientation(t, o).contiguous()
+               for t, o in zip(out, orientations, strict=True)]
+    return out

@@ -34,7 +34,7 @@ class Read:
     height: int | None = None
     frames: int | None = None
     jpeg: bytes | None = None
-    exif: bool = False
+    orientation: int = 1  # EXIF orientation of a JPEG left for the GPU
     pixels: np.ndarray | None = None  # uint8 [H, W, 3], for files decoded on the CPU
 
 
@@ -59,7 +59,8 @@ def read_one(item: SourceItem, read: Callable[[str], bytes], policy: DecodePolic
     digest = hashlib.sha256(data).hexdigest()
     info = jpeg_info(data)
     if info and info.components in (1, 3) and info.width * info.height <= policy.max_pixels:
-        return Read("ok", None, digest, info.width, info.height, 1, data, info.exif)
+        w, h = info.display_size
+        return Read("ok", None, digest, w, h, 1, data, info.orientation)
     d = decode_image(data, item.uri, policy)
     if d.image is None:
         return Read(d.status, d.error, digest)

@@ -9,8 +9,9 @@ Two preprocessing paths:
 - ``pil`` (CPU default): each member's upstream PIL transform, in the threads.
 - ``tensor`` (GPU default): JPEGs decoded in batches on the GPU (nvJPEG), other
   files on the CPU, then every member's resize/crop/normalise done for the whole
-  batch on the GPU (:mod:`tensor_preprocess`), in a staging thread on its own
-  CUDA stream so the next batch is prepared while the model runs.
+  batch on the GPU (:mod:`tensor_preprocess`). Decode and preprocessing each run
+  in a thread on their own CUDA stream, so that while the model runs on one
+  batch, the next is resized and the one after it decoded.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ class Prepared:
     height: int | None = None
     frames: int | None = None
     inputs: list[torch.Tensor] | None = None  # pil path: each member's input
-    pixels: torch.Tensor | None = None  # tensor path: uint8 [3, H, W]
+    pixels: torch.Tensor | None = None  # tensor path: uint8 [3, H, W] on the device
+    host: np.ndarray | None = None  # tensor path: uint8 [H, W, 3] decoded on the CPU
     jpeg: bytes | None = None  # tensor path: to be decoded on the device
-    exif: bool = False  # tensor path: the JPEG carries an Exif block
+    orientation: int = 1  # tensor path: the JPEG's EXIF orientation
 
 
 def prepare(item: SourceItem, read: Callable[[str], bytes], embedder: Embedder,
@@ -78,11 +80,8 @@ def prepare(item: SourceItem, read: Callable[[str], bytes], embedder: Embedder,
 
 def _from_read(item: SourceItem, r: Read) -> Prepared:
     """A row from what a reader (thread or process) sent back."""
-    p = Prepared(item, r.status, r.error, r.sha256, r.width, r.height, r.frames, jpeg=r.jpeg,
-                 exif=r.exif)
-    if r.pixels is not None:
-        p.pixels = torch.from_numpy(r.pixels).permute(2, 0, 1)
-    return p
+    return Prepared(item, r.status, r.error, r.sha256, r.width, r.height, r.frames,
+                    host=r.pixels, jpeg=r.jpeg, orientation=r.orientation)
 
 
 def embed_items(
@@ -113,13 +112,12 @@ def embed_items(
             vectors = embedder.embed([p.inputs for p in oks])  # type: ignore[misc]
             yield _rows(window, vectors, embedder, run_id, on_rows)
         return
-    stream = torch.cuda.Stream(embedder.device) if embedder.device.type == "cuda" else None
-    # the staging thread launches many small GPU ops; with readers busy in Python, the
-    # default 5 ms GIL switch interval would make it wait that long for each of them
+    # the stage threads launch many small GPU ops; with readers busy in Python, the
+    # default 5 ms GIL switch interval would make them wait that long for each of them
     interval = sys.getswitchinterval()
     sys.setswitchinterval(min(interval, 0.0005))
     try:
-        for window, inputs, event in _background(_stage(windows, embedder, policy, stream), 2):
+        for window, inputs, event in _tensor_stages(windows, embedder, policy):
             if event is not None:
                 torch.cuda.current_stream(embedder.device).wait_event(event)
             vectors = embedder.encode_inputs(inputs) if inputs else np.zeros(
@@ -142,36 +140,79 @@ def _use_tensor_path(preprocess: str, embedder: Embedder) -> bool:
 def _rows(window: list[Prepared], vectors: np.ndarray, embedder: Embedder, run_id: str,
           on_rows: Callable[[int], None] | None) -> pa.RecordBatch:
     for p in window:  # free images as soon as they are embedded
-        p.inputs = p.pixels = p.jpeg = None
+        p.inputs = p.pixels = p.host = p.jpeg = None
     batch = rows_to_batch(window, vectors, embedder.dim, run_id)
     if on_rows:
         on_rows(len(window))
     return batch
 
 
-def _stage(windows: Iterable[list[Prepared]], embedder: Embedder, policy: DecodePolicy,
-           stream: Any) -> Iterator[tuple[list[Prepared], list[torch.Tensor], Any]]:
-    """Device decode + batched preprocessing, one window at a time (runs in a thread)."""
+def _tensor_stages(windows: Iterable[list[Prepared]], embedder: Embedder, policy: DecodePolicy,
+                   ) -> Iterator[tuple[list[Prepared], list[torch.Tensor], Any]]:
+    """(window, each member's input batch, event to wait for) per window.
+
+    On a GPU, decoding and preprocessing are two threads, each on its own CUDA
+    stream, two windows ahead of the next: nvJPEG's batched decode blocks its thread
+    (without the interpreter lock) while the previous window is resized and the one
+    before it runs through the model, so the three overlap.
+    """
     device = embedder.device
-    for window in windows:
-        ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-        with ctx, torch.inference_mode():
-            jpegs = [p for p in window if p.status == "ok" and p.jpeg is not None]
-            decoded = decode_jpegs_on_device([p.jpeg for p in jpegs], device,  # type: ignore[misc]
-                                             [p.exif for p in jpegs])
-            for p, t in zip(jpegs, decoded, strict=True):
-                if t is None or t.shape[0] != 3:  # the GPU could not: the CPU policy decides
-                    _cpu_fallback(p, policy)
-                else:
-                    p.pixels, p.height, p.width = t, int(t.shape[1]), int(t.shape[2])
-            oks = [p for p in window if p.status == "ok"]
-            images = [p.pixels.to(device, non_blocking=True) for p in oks]  # type: ignore[union-attr]
-            inputs = embedder.preprocess_tensors(images) if images else []
-            event = None
-            if stream is not None:
-                event = torch.cuda.Event()
-                event.record(stream)
-        yield window, inputs, event
+    if device.type != "cuda":
+        for window in windows:
+            _decode_window(window, device, policy, None)
+            yield window, _preprocess_window(window, embedder, None), None
+        return
+    decode_stream, prep_stream = torch.cuda.Stream(device), torch.cuda.Stream(device)
+
+    def decode() -> Iterator[tuple[list[Prepared], Any]]:
+        for window in windows:
+            yield window, _decode_window(window, device, policy, decode_stream)
+
+    def prepare_inputs() -> Iterator[tuple[list[Prepared], list[torch.Tensor], Any]]:
+        for window, decoded in _background(decode(), 2, "clipvec-decode"):
+            prep_stream.wait_event(decoded)
+            yield window, _preprocess_window(window, embedder, prep_stream), _record(prep_stream)
+
+    yield from _background(prepare_inputs(), 2, "clipvec-preprocess")
+
+
+def _record(stream: Any) -> Any:
+    event = torch.cuda.Event()
+    event.record(stream)
+    return event
+
+
+def _decode_window(window: list[Prepared], device: torch.device, policy: DecodePolicy,
+                   stream: Any) -> Any:
+    """Every ok row's pixels as uint8 [3, H, W] on ``device``: JPEGs decoded there in one
+    batch, CPU-decoded images copied from pinned memory; returns the stream's event."""
+    ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+    with ctx, torch.inference_mode():
+        jpegs = [p for p in window if p.status == "ok" and p.jpeg is not None]
+        decoded = decode_jpegs_on_device([p.jpeg for p in jpegs],  # type: ignore[misc]
+                                         device, [p.orientation for p in jpegs])
+        for p, t in zip(jpegs, decoded, strict=True):
+            if t is None or t.shape[0] != 3:  # the GPU could not: the CPU policy decides
+                _cpu_fallback(p, policy)
+            else:
+                p.pixels, p.height, p.width = t, int(t.shape[1]), int(t.shape[2])
+            p.jpeg = None
+        for p in window:
+            if p.status == "ok" and p.host is not None:
+                host = torch.from_numpy(p.host)
+                if device.type == "cuda":
+                    host = host.pin_memory()
+                p.pixels = host.to(device, non_blocking=True).permute(2, 0, 1).contiguous()
+                p.host = None
+        return _record(stream) if stream is not None else None
+
+
+def _preprocess_window(window: list[Prepared], embedder: Embedder,
+                       stream: Any) -> list[torch.Tensor]:
+    ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+    with ctx, torch.inference_mode():
+        images = [p.pixels for p in window if p.status == "ok"]
+        return embedder.preprocess_tensors(images) if images else []  # type: ignore[arg-type]
 
 
 def _cpu_fallback(p: Prepared, policy: DecodePolicy) -> None:
@@ -179,7 +220,7 @@ def _cpu_fallback(p: Prepared, policy: DecodePolicy) -> None:
     if d.image is None:
         p.status, p.error, p.width, p.height = d.status, d.error, None, None
     else:
-        p.pixels = torch.from_numpy(np.array(d.image)).permute(2, 0, 1)
+        p.host = np.array(d.image)  # copied to the device next
         p.width, p.height, p.frames = d.width, d.height, d.frames
 
 
@@ -262,8 +303,12 @@ def _windows(prepared: Iterable[Prepared], batch_size: int) -> Iterator[list[Pre
 _DONE = object()
 
 
-def _background(gen: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Run a generator in a thread, ``depth`` items ahead of the consumer."""
+def _background(gen: Iterator[Any], depth: int, name: str = "clipvec-stage") -> Iterator[Any]:
+    """Run a generator in a thread, ``depth`` items ahead of the consumer.
+
+    When the consumer stops early, the thread stops and closes ``gen`` (so stages
+    nested inside it stop too).
+    """
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -281,8 +326,12 @@ def _background(gen: Iterator[Any], depth: int) -> Iterator[Any]:
             q.put((_DONE, None))
         except BaseException as e:  # handed to the consumer, raised there
             q.put((_DONE, e))
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                close()
 
-    t = threading.Thread(target=work, name="clipvec-stage", daemon=True)
+    t = threading.Thread(target=work, name=name, daemon=True)
     t.start()
     try:
         while True:

@@ -45,7 +45,13 @@ def resample_weights(in_sizes: torch.Tensor, out_sizes: torch.Tensor, starts: to
     x = torch.arange(max_in, device=dev, dtype=torch.float32)[None, None, :]
     w = _filter((x - center + 0.5) / fscale, kind) * ((x >= xmin) & (x < xmax))
     total = w.sum(-1, keepdim=True)
-    return w / torch.where(total == 0, torch.ones_like(total), total)
+    w = w / torch.where(total == 0, torch.ones_like(total), total)
+    # Pillow's 8-bit passes use the weights in 22-bit fixed point (normalize_coeffs_8bpc)
+    scaled = w * _FIXED
+    return torch.where(scaled < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5)) / _FIXED
+
+
+_FIXED = float(1 << 22)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,43 +81,104 @@ class TensorTransform:
                  group: int = 64) -> torch.Tensor:
         """uint8 [3, H, W] images (any sizes, one device) -> normalised [B, 3, crop, crop].
 
-        Images are resized in groups of similar height, so that padding each group
-        to its own largest image wastes little of the matrix products' work.
+        Images are resized in groups of similar size, so that padding each group to
+        its own largest image wastes little of the matrix products' work. Nothing here
+        waits for the device: the geometry is worked out on the host and sent in one
+        pinned, non-blocking copy, so the caller's thread runs ahead of the GPU.
         """
-        if len(images) <= group:
-            return self._resize(images, dtype)
-        order = sorted(range(len(images)), key=lambda i: (images[i].shape[1], images[i].shape[2]))
-        out = torch.empty((len(images), 3, self.crop, self.crop), dtype=dtype,
-                          device=images[0].device)
-        for s in range(0, len(order), group):
-            idx = order[s:s + group]
-            out[torch.tensor(idx, device=out.device)] = self._resize([images[i] for i in idx],
-                                                                     dtype)
+        dev = images[0].device
+        n = len(images)
+        sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+        geo = [self.geometry(h, w) for h, w in sizes]
+        order = sorted(range(n), key=lambda i: (geo[i][4], sizes[i]))
+        groups = [order[s:s + group] for s in range(0, n, group)]
+        if len({geo[i][4] for i in order}) > 1:  # a group runs its passes in one order
+            groups = [g for v in (False, True) for g in _chunks(
+                [i for i in order if geo[i][4] == v], group)]
+            order = [i for g in groups for i in g]
+        geometry = torch.tensor([(*sizes[i], *geo[i][:4], i) for i in order], dtype=torch.int64)
+        if dev.type == "cuda":
+            geometry = geometry.pin_memory().to(dev, non_blocking=True)
+        hs, ws, new_h, new_w, top, left, pos = geometry.unbind(1)
+        hmax, wmax = max(h for h, _ in sizes), max(w for _, w in sizes)
+        rh_all = resample_weights(hs, new_h, top, self.crop, hmax, self.interpolation)
+        rw_all = resample_weights(ws, new_w, left, self.crop, wmax, self.interpolation)
+        mean, std = _constants(self.mean, self.std, dev)
+        out = torch.empty((n, 3, self.crop, self.crop), dtype=dtype, device=dev)
+        s = 0
+        for idx in groups:
+            e = s + len(idx)
+            gh, gw = max(sizes[i][0] for i in idx), max(sizes[i][1] for i in idx)
+            pixels = self._resample(_pad([images[i] for i in idx], gh, gw), rh_all[s:e, :, :gh],
+                                    rw_all[s:e, :, :gw], vertical_first=geo[idx[0]][4])
+            out.index_copy_(0, pos[s:e], ((pixels - mean) / std).to(dtype))
+            s = e
         return out
 
-    def _resize(self, images: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        dev = images[0].device
-        h_list, w_list = [im.shape[1] for im in images], [im.shape[2] for im in images]
-        hs = torch.tensor(h_list, device=dev)
-        ws = torch.tensor(w_list, device=dev)
-        short, long_ = torch.minimum(hs, ws), torch.maximum(hs, ws)
-        new_long = torch.floor(self.resize * long_.double() / short.double()).long()
-        new_h = torch.where(hs <= ws, torch.full_like(hs, self.resize), new_long)
-        new_w = torch.where(hs <= ws, new_long, torch.full_like(ws, self.resize))
-        top = torch.round((new_h - self.crop).double() / 2.0).long()
-        left = torch.round((new_w - self.crop).double() / 2.0).long()
-        hmax, wmax = max(h_list), max(w_list)  # from host lists: no device sync
-        rh = resample_weights(hs, new_h, top, self.crop, hmax, self.interpolation)
-        rw = resample_weights(ws, new_w, left, self.crop, wmax, self.interpolation)
-        batch = _pad(images, hmax, wmax)  # [B, 3, H, W] float32
-        b = batch.shape[0]
-        # horizontal pass first, rounded to 8 bits as Pillow does between passes
-        tmp = torch.bmm(batch.reshape(b, 3 * hmax, wmax), rw.transpose(1, 2))
-        tmp = tmp.round_().clamp_(0, 255).reshape(b, 3, hmax, self.crop)
-        out = torch.einsum("bjh,bchi->bcji", rh, tmp).round_().clamp_(0, 255)
-        mean = torch.tensor(self.mean, device=dev).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.std, device=dev).view(1, 3, 1, 1) * 255.0
-        return ((out - mean) / std).to(dtype)
+    def geometry(self, h: int, w: int) -> tuple[int, int, int, int, bool]:
+        """(resized height, resized width, crop top, crop left, vertical pass first) for an
+        h x w image, as torchvision's Resize(int) and CenterCrop and Pillow compute them."""
+        short, long_ = min(h, w), max(h, w)
+        new_long = int(self.resize * long_ / short)
+        new_h, new_w = (self.resize, new_long) if h <= w else (new_long, self.resize)
+        return (new_h, new_w, int(round((new_h - self.crop) / 2.0)),
+                int(round((new_w - self.crop) / 2.0)), _vertical_first(h, w, new_h, new_w))
+
+    def _resample(self, batch: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor,
+                  vertical_first: bool) -> torch.Tensor:
+        """[B, 3, H, W] float -> [B, 3, crop, crop] float in 0..255: Pillow's two passes in
+        Pillow's order, rounded to 8 bits after each as Pillow does."""
+        b, _, h, w = batch.shape
+        if vertical_first:
+            tmp = _to_8bit(torch.einsum("bjh,bchw->bcjw", rh, batch))
+            out = torch.bmm(tmp.reshape(b, 3 * self.crop, w), rw.transpose(1, 2))
+            return _to_8bit(out.reshape(b, 3, self.crop, self.crop))
+        tmp = _to_8bit(torch.bmm(batch.reshape(b, 3 * h, w), rw.transpose(1, 2)))
+        return _to_8bit(torch.einsum("bjh,bchi->bcji", rh, tmp.reshape(b, 3, h, self.crop)))
+
+
+def _to_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Pillow's rounding of a pass's result: halves up, then clipped to 0..255 (in place)."""
+    return x.add_(0.5).floor_().clamp_(0, 255)
+
+
+def _chunks(xs: list[int], n: int) -> list[list[int]]:
+    return [xs[i:i + n] for i in range(0, len(xs), n)]
+
+
+def _pillow_runs_vertical_first() -> bool:
+    """Whether this Pillow resizes a much-shortened image vertical pass first (Pillow 12+
+    does, when the height shrinks by over twice what the width does; earlier versions
+    always went horizontal first). Found by trying: a 200x75 noise image to 40x106 gives
+    different pixels in each order."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 256, (200, 75), dtype=np.uint8))
+    both = np.asarray(im.resize((40, 106), Image.Resampling.BICUBIC))
+    v_first = im.resize((75, 106), Image.Resampling.BICUBIC).resize((40, 106),
+                                                                    Image.Resampling.BICUBIC)
+    return bool((both == np.asarray(v_first)).all())
+
+
+_PILLOW_VERTICAL_FIRST = _pillow_runs_vertical_first()
+
+
+def _vertical_first(h: int, w: int, new_h: int, new_w: int) -> bool:
+    return _PILLOW_VERTICAL_FIRST and 0 < h - new_h and h - new_h > 2 * (w - new_w)
+
+
+_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _constants(mean: tuple, std: tuple, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std scaled to 0..255, made once per device (a copy to the GPU would wait)."""
+    key = (mean, std, str(dev))
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = (torch.tensor(mean, device=dev).view(1, 3, 1, 1) * 255.0,
+                           torch.tensor(std, device=dev).view(1, 3, 1, 1) * 255.0)
+    return _CONSTANTS[key]
 
 
 def _pad(images: list[torch.Tensor], h: int, w: int) -> torch.Tensor:

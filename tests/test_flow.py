@@ -6,6 +6,7 @@ import json
 
 import lance
 import numpy as np
+from PIL import Image
 import pytest
 
 from clipvec_tasks.errors import ClipvecError
@@ -204,6 +205,11 @@ def test_storage_options_stay_out_of_prefect_parameters(image_dir, tmp_path):
 def test_tensor_preprocessing_matches_pil(image_dir, tmp_path):
     """The GPU path's batched preprocessing (run here on CPU) gives the PIL path's vectors."""
     make_image(image_dir / "big.jpg", (640, 400), seed=77)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees: the GPU decoder ignores this, clipvec must not
+    Image.open(make_image(image_dir / "tmp.png", (160, 90), seed=79)).save(
+        image_dir / "turned.jpg", exif=exif, quality=95)
+    (image_dir / "tmp.png").unlink()
     run(job_config(image_dir, tmp_path / "pil.lance", model=["tiny_clip", "resnet18"],
                    preprocess="pil"))
     run(job_config(image_dir, tmp_path / "t.lance", model=["tiny_clip", "resnet18"],

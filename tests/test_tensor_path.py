@@ -1,0 +1,100 @@
+"""The GPU path's pieces, run on the CPU: EXIF orientation, batched resize, stage threads."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from clipvec_tasks.jpeg import apply_orientation, decode_jpegs_on_device, jpeg_info
+from clipvec_tasks.tensor_preprocess import TensorTransform
+
+
+def _jpeg(im: Image.Image, orientation: int | None = None, order: str = "big") -> bytes:
+    buf = io.BytesIO()
+    kw = {"exif": _exif_block(orientation, order)} if orientation is not None else {}
+    im.save(buf, "JPEG", quality=95, **kw)
+    return buf.getvalue()
+
+
+def _exif_block(orientation: int, order: str) -> bytes:
+    """An Exif APP1 payload in either TIFF byte order: a Make tag (ASCII, stored after the
+    IFD), then Orientation (SHORT)."""
+    def u(v: int, n: int) -> bytes:
+        return v.to_bytes(n, order)
+
+    make = b"clipvec test camera\x00"
+    tail_at = 8 + 2 + 2 * 12 + 4
+    ifd = u(2, 2) + u(0x010F, 2) + u(2, 2) + u(len(make), 4) + u(tail_at, 4)
+    ifd += u(0x0112, 2) + u(3, 2) + u(1, 4) + u(orientation, 2) + b"\x00\x00" + u(0, 4)
+    head = (b"II*\x00" if order == "little" else b"MM\x00*") + u(8, 4)
+    return b"Exif\x00\x00" + head + ifd + make
+
+
+def _asymmetric(w=40, h=24) -> Image.Image:
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:4, :10] = (255, 0, 0)  # a red block in the top-left corner
+    arr[-6:, -3:] = (0, 0, 255)  # a blue one bottom-right
+    arr[:, :, 1] = np.arange(w, dtype=np.uint8)[None, :] * 5
+    return Image.fromarray(arr)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("order", ["little", "big"])
+def test_orientation_read_from_the_header_and_applied_as_pillow_does(orientation, order):
+    data = _jpeg(_asymmetric(), orientation, order)
+    info = jpeg_info(data)
+    assert info.orientation == orientation and (info.width, info.height) == (40, 24)
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    assert info.display_size == upright.size
+    stored = torch.from_numpy(np.array(Image.open(io.BytesIO(data)).convert("RGB")))
+    turned = apply_orientation(stored.permute(2, 0, 1), orientation)
+    np.testing.assert_array_equal(turned.permute(1, 2, 0).numpy(), np.array(upright))
+
+
+def test_device_decode_turns_images_by_their_orientation():
+    blobs = [_jpeg(_asymmetric(), o) for o in (1, 6, 8)] + [_jpeg(_asymmetric())]
+    infos = [jpeg_info(b) for b in blobs]
+    out = decode_jpegs_on_device(blobs, torch.device("cpu"), [i.orientation for i in infos])
+    for b, t, info in zip(blobs, out, infos, strict=True):
+        upright = ImageOps.exif_transpose(Image.open(io.BytesIO(b)))
+        assert tuple(t.shape) == (3, upright.height, upright.width) == (3, *info.display_size[::-1])
+        diff = np.abs(t.permute(1, 2, 0).numpy().astype(int) - np.array(upright).astype(int))
+        assert diff.mean() < 1.0  # the same pixels, up to the two decoders' rounding
+
+
+def test_broken_or_missing_exif_leaves_the_image_as_stored():
+    plain = _jpeg(_asymmetric())
+    assert jpeg_info(plain).orientation == 1
+    data = bytearray(_jpeg(_asymmetric(), 6))
+    at = data.find(b"Exif\x00\x00") + 6
+    data[at:at + 2] = b"XX"  # not a TIFF byte order
+    assert jpeg_info(bytes(data)).orientation == 1
+
+
+def _pil_reference(im: Image.Image, t: TensorTransform) -> np.ndarray:
+    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
+    mode = InterpolationMode.BICUBIC if t.interpolation == "bicubic" else InterpolationMode.BILINEAR
+    return np.array(CenterCrop(t.crop)(Resize(t.resize, interpolation=mode)(im)))
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_batched_resize_matches_pillow_in_mixed_size_groups(interpolation):
+    rng = np.random.default_rng(0)
+    sizes = [(97, 131), (131, 97), (64, 64), (200, 75), (33, 250), (120, 90), (90, 120)] * 3
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+    # mean 0 and std 1/255: the transform's output is then the resized pixels themselves
+    t = TensorTransform(40, 32, interpolation, (0.0, 0.0, 0.0), (1 / 255,) * 3)
+    tensors = [torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous() for im in images]
+    out = t(tensors, torch.float32, group=4)  # several groups, sorted by size, put back in order
+    assert out.shape == (len(images), 3, 32, 32)
+    for im, got in zip(images, out, strict=True):
+        ref = _pil_reference(im, t).astype(np.float32)
+        diff = np.abs(got.permute(1, 2, 0).numpy() - ref)
+        # Pillow works in 22-bit fixed point, this in float32: at most an 8-bit step apart,
+        # on the few pixels whose value falls next to a rounding boundary
+        assert diff.max() <= 1.0 and (diff > 0).mean() < 0.03
