@@ -166,7 +166,7 @@ _PILLOW_VERTICAL_FIRST = _pillow_runs_vertical_first()
 
 
 def _vertical_first(h: int, w: int, new_h: int, new_w: int) -> bool:
-    return _PILLOW_VERTICAL_FIRST and 0 < h - new_h and h - new_h > 2 * (w - new_w)
+    return _PILLOW_VERTICAL_FIRST and h - new_h > 0 and h - new_h > 2 * (w - new_w)
 
 
 _CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}

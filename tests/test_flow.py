@@ -6,8 +6,8 @@ import json
 
 import lance
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
 from clipvec_tasks.errors import ClipvecError
 from flows.vectorize import run
