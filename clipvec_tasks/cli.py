@@ -30,12 +30,13 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from .decode import decode_image
     from .embedder import Embedder
     from .members import MemberConfig, WeightsConfig, load_member
-    from .runtime import resolve_device, resolve_precision
+    from .runtime import resolve_batch_size, resolve_device, resolve_precision
     from .sources import list_images, read_bytes
 
     t0 = time.perf_counter()
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
+    args.batch_size = resolve_batch_size(args.batch_size, device)
     weights = WeightsConfig(cache_dir=args.cache_dir) if args.cache_dir else WeightsConfig()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     embedder = Embedder([load_member(MemberConfig(n, args.pretrained), device, precision, weights)
@@ -80,10 +81,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
     import torch
 
     from .members import MemberConfig, WeightsConfig, load_member
-    from .runtime import resolve_device, resolve_precision
+    from .runtime import resolve_batch_size, resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
+    args.batch_size = resolve_batch_size(args.batch_size, device)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{torch.get_num_threads()} threads")
     print(f"device: {device} ({where}), precision {precision}, batch {args.batch_size}")
@@ -113,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pretrained", default=None, help="random, a checkpoint path, or a tag")
     e.add_argument("--device", default="auto", help="auto, cpu, gpu, cuda:N")
     e.add_argument("--precision", default="auto", help="auto, fp32, bf16, fp16")
-    e.add_argument("--batch_size", "--batch-size", type=int, default=32)
+    e.add_argument("--batch_size", "--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 32 on CPU, 256 on GPU)")
     e.add_argument("--cache_dir", "--cache-dir", default=None)
     e.add_argument("--output", "-o", default=None, help="save the vectors as .npy")
     e.set_defaults(fn=cmd_embed)
@@ -121,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--models", default="open_clip_vit_b32")
     b.add_argument("--device", default="auto")
     b.add_argument("--precision", default="auto")
-    b.add_argument("--batch_size", "--batch-size", type=int, default=32)
+    b.add_argument("--batch_size", "--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 32 on CPU, 256 on GPU)")
     b.add_argument("--seconds", type=float, default=5.0)
     b.add_argument("--pretrained", default=None, help="default: random (speed is the same)")
     b.set_defaults(fn=cmd_bench)

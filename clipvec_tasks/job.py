@@ -22,7 +22,7 @@ from .members import MemberConfig, WeightsConfig, load_member, resolve_weights
 from .plan import Plan, Shard, make_plan
 from .progress import Progress
 from .registry import get_spec
-from .runtime import resolve_device, resolve_precision
+from .runtime import resolve_batch_size, resolve_device, resolve_precision, resolve_shard_size
 from .shard import embed_items
 from .sources import SourceItem, list_images, read_bytes
 from .weights import DEFAULT_CACHE_DIR, parse_pretrained
@@ -35,13 +35,13 @@ class JobConfig:
     source_uri: str
     sink_uri: str
     members: tuple[MemberConfig, ...]
-    shard_size: int = 1000
+    shard_size: int | None = None  # None: auto (runtime.resolve_shard_size)
     source_options: dict[str, Any] = field(default_factory=dict)
     sink_options: dict[str, Any] = field(default_factory=dict)
     weights: WeightsConfig = WeightsConfig()
     device: str = "auto"
     precision: str = "auto"
-    batch_size: int = 32
+    batch_size: int | None = None  # None: auto (runtime.resolve_batch_size)
     decode_workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     on_deleted: str = "keep"  # rows of inputs gone from the source: keep or delete
@@ -63,13 +63,13 @@ class JobConfig:
         if not members:
             raise ClipvecError("model.members is empty: name at least one model, e.g. "
                                "model=open_clip_vit_b32.")
-        if int(src.get("shard_size", 1000)) < 1 or int(rt.get("batch_size", 32)) < 1:
-            raise ClipvecError("source.shard_size and runtime.batch_size must be at least 1.")
+        shard_size = _auto_int("source.shard_size", src.get("shard_size"))
+        batch_size = _auto_int("runtime.batch_size", rt.get("batch_size"))
         return cls(
             source_uri=str(src["uri"]),
             sink_uri=_sink_uri(str(sink["uri"])),
             members=members,
-            shard_size=int(src.get("shard_size", 1000)),
+            shard_size=shard_size,
             source_options=dict(src.get("storage_options") or {}),
             sink_options=dict(sink.get("storage_options") or {}),
             weights=WeightsConfig(
@@ -79,7 +79,7 @@ class JobConfig:
             ),
             device=str(rt.get("device", "auto")),
             precision=str(rt.get("precision", "auto")),
-            batch_size=int(rt.get("batch_size", 32)),
+            batch_size=batch_size,
             decode_workers=rt.get("decode_workers"),
             max_pixels=int(rt.get("max_pixels") or DEFAULT_MAX_PIXELS),
             on_deleted=_on_deleted(sink.get("on_deleted", "keep")),
@@ -89,6 +89,19 @@ class JobConfig:
             read_processes=None if rt.get("read_processes") is None
             else int(rt["read_processes"]),
         )
+
+
+def _auto_int(key: str, value: object) -> int | None:
+    """A positive count, or None for ``auto`` (chosen by device when the run starts)."""
+    if value is None or value == "auto":
+        return None
+    try:
+        n = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ClipvecError(f"{key} must be auto or a whole number of at least 1, not '{value}'.")
+    return n
 
 
 def _on_deleted(value: object) -> str:
@@ -159,7 +172,8 @@ def plan_run(job: JobConfig, items: list[SourceItem], model: dict[str, Any]) -> 
                                  job.sink_uri)
         existing = dataset.fingerprints(ds)
         base = ds.version
-    plan = make_plan(items, existing, job.shard_size, f"{model['model_fingerprint']}|{base}")
+    shard_size = resolve_shard_size(job.shard_size, resolve_device(job.device))
+    plan = make_plan(items, existing, shard_size, f"{model['model_fingerprint']}|{base}")
     done = staging.read_markers(job.sink_uri, plan.plan_id, job.sink_options) if plan.shards \
         else {}
     return RunPlan(plan, base, done)
@@ -218,7 +232,7 @@ def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
     remote = "://" in job.source_uri and not job.source_uri.startswith("file://")
     workers = job.decode_workers or (32 if remote else None)
     batches = embed_items(shard.items, embedder, _reader(job.source_options), run_id,
-                          job.batch_size, workers,
+                          resolve_batch_size(job.batch_size, embedder.device), workers,
                           DecodePolicy(max_pixels=job.max_pixels),
                           progress.update if progress else None, job.preprocess,
                           _read_processes(job))
