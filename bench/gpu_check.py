@@ -4,13 +4,17 @@
 
 Measures, over a realistic JPEG corpus and random weights:
 - fidelity: the tensor path (nvJPEG + batched resize) against each member's
-  upstream PIL transform, fp32; and bf16 against fp32;
+  upstream PIL transform, fp32, over corpus images and EXIF-rotated copies of
+  some (all 8 orientations); and bf16 against fp32;
+- the data path alone (read -> nvJPEG -> batched resize, no model), with the
+  resize's matrix products in fp32 and in TF32;
 - the model-only bound (bf16, batch 256) per model;
-- clipvec's shard stream end to end (read -> decode -> embed -> Arrow rows
-  written to a columnar file) per model, and for an ensemble;
-- the seed's one-image loop (fp32) as the baseline.
-It drives ``clipvec_tasks`` directly (no Prefect, no Lance: their wheels are not
-on the device), so it measures the pipeline that the flow's shard tasks run.
+- clipvec end to end per model and for an ensemble: the job's own functions
+  (list -> plan -> embed shards into Lance fragments -> one commit), as the
+  flow's tasks call them, without Prefect (not installed there). "cold" includes
+  building the model and starting the reader processes; "warm" is a second run
+  into a fresh dataset;
+- optionally the seed's one-image loop (fp32) as the baseline.
 """
 
 from __future__ import annotations
@@ -18,18 +22,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from clipvec_tasks.decode import decode_image
+from clipvec_tasks import job as J
+from clipvec_tasks.decode import DecodePolicy, decode_image
 from clipvec_tasks.embedder import Embedder
 from clipvec_tasks.members import MemberConfig, WeightsConfig, load_member
-from clipvec_tasks.shard import embed_items
+from clipvec_tasks.shard import _tensor_stages, _windows, embed_items, prepared_stream
 from clipvec_tasks.sources import list_images, read_bytes
 
 
@@ -41,27 +47,44 @@ def _member(name: str, device: torch.device, precision: str):
     return load_member(MemberConfig(name, "random"), device, precision, WeightsConfig())
 
 
-def fidelity(items, device, names, n=128) -> dict:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rotated_copies(items, out: Path, n: int = 16) -> list:
+    """Copies of ``n`` corpus JPEGs carrying EXIF orientations 1-8 (the GPU decoder
+    ignores EXIF; clipvec turns them as Pillow's exif_transpose does)."""
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for k, it in enumerate(items[:n]):
+        exif = Image.Exif()
+        exif[0x0112] = 1 + k % 8
+        Image.open(it.uri.removeprefix("file://")).save(out / f"rot{k:02d}.jpg", exif=exif,
+                                                        quality=90)
+    return list(list_images(str(out)))
+
+
+def fidelity(items, device, names) -> dict:
     out = {}
     for name in names:
         m32 = _member(name, device, "fp32")
         emb = Embedder([m32])
-        pil = []
-        for it in items[:n]:
-            data = read_bytes(it.uri)
-            img = decode_image(data).image
-            pil.append(emb.preprocess(img))
+        pil = [emb.preprocess(decode_image(read_bytes(it.uri)).image) for it in items]
         ref = emb.embed(pil)
-        batches = list(embed_items(items[:n], emb, read_bytes, "fid", 64, 8,
-                                   preprocess="tensor"))
-        got = np.stack(pa.concat_tables([pa.Table.from_batches([b]) for b in batches])
-                       .column("embedding").to_pylist())
+        batches = list(embed_items(items, emb, read_bytes, "fid", 64, 8, preprocess="tensor"))
+        table = pa.Table.from_batches(batches)
+        got = np.stack(table.column("embedding").to_pylist())
         cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
         mb = _member(name, device, "bf16")
         bf = Embedder([mb]).embed(pil)
         cos_bf = (ref * bf).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(bf, axis=1)
-        out[name] = {"tensor_vs_pil_fp32_min_cos": float(cos.min()),
+        rot = np.array(["rot" in u for u in table.column("id").to_pylist()])
+        out[name] = {"images": len(items), "rotated": int(rot.sum()),
+                     "tensor_vs_pil_fp32_min_cos": float(cos.min()),
                      "tensor_vs_pil_fp32_mean_cos": float(cos.mean()),
+                     "rotated_min_cos": float(cos[rot].min()) if rot.any() else None,
                      "bf16_vs_fp32_min_cos": float(cos_bf.min()),
                      "bf16_vs_fp32_mean_cos": float(cos_bf.mean())}
         _log(f"fidelity {name}: {out[name]}")
@@ -84,45 +107,49 @@ def model_only(member, bs: int, seconds: float = 4.0) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def end_to_end(items, embedder, bs: int, workers: int, out: Path, procs: int = 0) -> dict:
-    # warm-up on a few batches (cuDNN/cuBLAS heuristics, nvJPEG handles, reader processes)
-    for _ in embed_items(items[: 2 * bs], embedder, read_bytes, "warm", bs, workers,
-                         read_processes=procs):
-        pass
-    _sync(embedder.device)
-    t0 = time.perf_counter()
-    writer, rows = None, 0
-    for batch in embed_items(items, embedder, read_bytes, "bench", bs, workers,
-                             read_processes=procs):
-        if writer is None:
-            writer = pq.ParquetWriter(out, batch.schema)
-        writer.write_batch(batch)
-        rows += batch.num_rows
-    writer.close()
-    dt = time.perf_counter() - t0
-    return {"images": rows, "seconds": round(dt, 2), "img_per_s": round(rows / dt, 1)}
-
-
-def prep_only(items, embedder, bs: int, workers: int) -> dict:
-    """Read + decode + batched preprocessing without the model: the data path's own bound."""
-    from clipvec_tasks.decode import DecodePolicy
-    from clipvec_tasks.shard import _stage, _windows, prepared_stream
-
+def prep_only(items, embedder, bs: int, read_processes: int) -> dict:
+    """Read + nvJPEG + batched preprocessing, pipelined as in a run, without the model."""
     policy = DecodePolicy()
-    stream = torch.cuda.Stream(embedder.device) if embedder.device.type == "cuda" else None
     t0 = time.perf_counter()
     n = 0
-    prepared = prepared_stream(items, embedder, read_bytes, policy, True, bs, workers)
-    for window, _inputs, _ev in _stage(_windows(prepared, bs), embedder, policy, stream):
+    prepared = prepared_stream(items, embedder, read_bytes, policy, True, bs, None,
+                               read_processes)
+    for window, _inputs, _event in _tensor_stages(_windows(prepared, bs), embedder, policy):
         n += len(window)
     _sync(embedder.device)
     dt = time.perf_counter() - t0
     return {"images": n, "seconds": round(dt, 2), "img_per_s": round(n / dt, 1)}
+
+
+def job_e2e(corpus: str, names: list[str], sink: Path, bs: int | None,
+            shard_size: int | None, read_processes: int | None, device: str = "cuda",
+            precision: str = "bf16") -> dict:
+    """list -> plan -> shards into Lance fragments -> one commit: what the flow's tasks do."""
+    import lance
+
+    shutil.rmtree(sink, ignore_errors=True)
+    job = J.JobConfig(source_uri=corpus, sink_uri=str(sink),
+                      members=tuple(MemberConfig(n, "random") for n in names),
+                      shard_size=shard_size, device=device, precision=precision, batch_size=bs,
+                      read_processes=read_processes)
+    t0 = time.perf_counter()
+    items = J.list_source(job)
+    model = J.fetch_weights(job)
+    run = J.plan_run(job, items, model)
+    run_id = uuid.uuid4().hex[:12]
+    results = [J.run_shard(job, s, run.plan.plan_id, run_id) for s in run.pending]
+    version = J.commit_run(job, run, results, model, run_id, {})
+    dt = time.perf_counter() - t0
+    rows = lance.dataset(str(sink)).count_rows()
+    return {"images": rows, "shards": len(results), "version": version,
+            "seconds": round(dt, 2), "img_per_s": round(rows / dt, 1)}
+
+
+def e2e_pair(corpus, names, sink, **kw) -> dict:
+    """A cold run (model built, readers started) then a warm one into a fresh dataset."""
+    cold = job_e2e(corpus, names, sink, **kw)
+    warm = job_e2e(corpus, names, sink, **kw)
+    return {"cold": cold, "warm": warm}
 
 
 def seed_loop(items, device, n: int) -> float:
@@ -145,76 +172,89 @@ def main() -> None:
     p.add_argument("--corpus", required=True)
     p.add_argument("--device", default="cuda")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 2))
+    p.add_argument("--precision", default="bf16")
     p.add_argument("--models", default="open_clip_vit_b32,open_clip_vit_l14,open_clip_vit_h14")
     p.add_argument("--fidelity-models", default="open_clip_vit_b32,resnet152")
     p.add_argument("--ensemble", default="open_clip_vit_b32,open_clip_vit_l14")
-    p.add_argument("--seed-images", type=int, default=512)
-    p.add_argument("--sweep-workers", default="", help="e.g. 4,8,16: prep and end to end "
-                   "of the first model at each count of decode workers")
-    p.add_argument("--read-processes", default="", help="e.g. 0,4,8: end to end of the first "
-                   "model with each count of reader processes (0: threads)")
+    p.add_argument("--read-processes", default="0,8",
+                   help="reader process counts tried with the first model (0: threads)")
+    p.add_argument("--shard-sizes", default="1000",
+                   help="shard sizes tried with the first model, besides auto")
+    p.add_argument("--seed-images", type=int, default=0)
+    p.add_argument("--work", default="/tmp/clipvec-bench")
     p.add_argument("--out", default="gpu_check.json")
     args = p.parse_args()
     device = torch.device(args.device)
+    work = Path(args.work)
     items = list(list_images(args.corpus))
     result: dict = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "images": len(items), "cpu_cores": os.cpu_count(),
-                    "batch_size": args.batch_size, "decode_workers": args.workers}
+                    "batch_size": args.batch_size}
+    out = Path(args.out)
+
+    def save() -> None:
+        out.write_text(json.dumps(result, indent=1))
+
     _log(f"{len(items)} images; {result['device']}")
-    result["fidelity"] = fidelity(items, device, args.fidelity_models.split(","))
-    tmp = Path(args.out).with_suffix(".parquet")
-    if args.sweep_workers:
-        m = _member(args.models.split(",")[0], device, "bf16")
-        result["sweep"] = {}
-        for w in [int(x) for x in args.sweep_workers.split(",")]:
-            result["sweep"][w] = {"prep_only": prep_only(items, Embedder([m]), args.batch_size, w),
-                                  "end_to_end": end_to_end(items, Embedder([m]), args.batch_size,
-                                                           w, tmp)}
-            _log(f"workers {w}: {result['sweep'][w]}")
-        best = max(result["sweep"], key=lambda w: result["sweep"][w]["end_to_end"]["img_per_s"])
-        args.workers = best
-        result["decode_workers"] = best
-        del m
-    procs = 0
-    if args.read_processes:
-        m = _member(args.models.split(",")[0], device, "bf16")
-        result["read_processes"] = {}
-        for n in [int(x) for x in args.read_processes.split(",")]:
-            result["read_processes"][n] = end_to_end(items, Embedder([m]), args.batch_size,
-                                                     args.workers, tmp, n)
-            _log(f"read processes {n}: {result['read_processes'][n]}")
-        procs = max(result["read_processes"],
-                    key=lambda n: result["read_processes"][n]["img_per_s"])
-        result["chosen_read_processes"] = procs
-        del m
+    fid_items = items[:112] + rotated_copies(items[200:], work / "rotated")
+    result["fidelity"] = fidelity(fid_items, device, args.fidelity_models.split(","))
+    save()
+    first = args.models.split(",")[0]
+    m = _member(first, device, args.precision)
+    procs = [int(x) for x in args.read_processes.split(",")]
+    result["prep_only"] = {}
+    for rp in procs:
+        prep_only(items[:1024], Embedder([m]), args.batch_size, rp)  # warm-up
+        for tf32 in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            key = f"read_processes={rp},tf32={tf32}"
+            result["prep_only"][key] = prep_only(items, Embedder([m]), args.batch_size, rp)
+            _log(f"prep only {key}: {result['prep_only'][key]}")
+        torch.backends.cuda.matmul.allow_tf32 = False
+    save()
+    result["model_only"] = {first: round(model_only(m, args.batch_size), 1)}
+    del m
+    torch.cuda.empty_cache() if device.type == "cuda" else None
+    sink = work / "bench.lance"
+    run_kw = {"device": args.device, "precision": args.precision, "bs": args.batch_size}
+    result["e2e_" + first] = {}
+    for rp in procs:
+        for ss in [None] + [int(x) for x in args.shard_sizes.split(",") if x]:
+            key = f"read_processes={rp},shard_size={ss or 'auto'}"
+            result["e2e_" + first][key] = r = e2e_pair(args.corpus, [first], sink,
+                                                       shard_size=ss, read_processes=rp,
+                                                       **run_kw)
+            _log(f"{first} {key}: {r}")
+            save()
+    best = max(result["e2e_" + first].items(), key=lambda kv: kv[1]["warm"]["img_per_s"])[0]
+    rp = int(best.split(",")[0].split("=")[1])
+    result["chosen_read_processes"] = rp
+    J._EMBEDDERS.clear()
+    torch.cuda.empty_cache() if device.type == "cuda" else None
     result["models"] = {}
-    for name in args.models.split(","):
-        t0 = time.perf_counter()
-        m = _member(name, device, "bf16")
-        load_s = time.perf_counter() - t0
+    for name in args.models.split(",")[1:]:
+        m = _member(name, device, args.precision)
         bound = model_only(m, args.batch_size)
-        e2e = end_to_end(items, Embedder([m]), args.batch_size, args.workers, tmp, procs)
-        if "prep_only" not in result:
-            result["prep_only"] = prep_only(items, Embedder([m]), args.batch_size, args.workers)
-            _log(f"prep only: {result['prep_only']}")
-        result["models"][name] = {"load_s": round(load_s, 1), "model_only_img_per_s":
-                                  round(bound, 1), "end_to_end": e2e,
-                                  "fraction_of_bound": round(e2e["img_per_s"] / bound, 3)}
-        _log(f"{name}: {result['models'][name]}")
-        Path(args.out).write_text(json.dumps(result, indent=1))
         del m
+        r = e2e_pair(args.corpus, [name], sink, shard_size=None, read_processes=rp, **run_kw)
+        r["model_only_img_per_s"] = round(bound, 1)
+        r["fraction_of_bound"] = round(r["warm"]["img_per_s"] / bound, 3)
+        result["models"][name] = r
+        _log(f"{name}: {r}")
+        save()
+        J._EMBEDDERS.clear()
         torch.cuda.empty_cache() if device.type == "cuda" else None
     if args.ensemble:
-        members = [_member(n, device, "bf16") for n in args.ensemble.split(",")]
-        result["ensemble"] = {"members": args.ensemble, **end_to_end(
-            items, Embedder(members), args.batch_size, args.workers, tmp, procs)}
+        names = args.ensemble.split(",")
+        result["ensemble"] = {"members": names, **e2e_pair(
+            args.corpus, names, sink, shard_size=None, read_processes=rp, **run_kw)}
         _log(f"ensemble: {result['ensemble']}")
-        del members
+        J._EMBEDDERS.clear()
+        save()
     if args.seed_images:
         result["seed_loop_img_per_s"] = round(seed_loop(items, device, args.seed_images), 1)
         _log(f"seed loop: {result['seed_loop_img_per_s']} img/s")
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    save()
     print(json.dumps(result, indent=1))
 
 
