@@ -78,7 +78,10 @@ def main() -> None:
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         run()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+    try:
+        table = prof.key_averages().table(sort_by="device_time_total", row_limit=30)
+    except Exception:  # older torch
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
     print(table, flush=True)
     res["profile_table"] = table
     Path(args.out).write_text(json.dumps(res, indent=1))
