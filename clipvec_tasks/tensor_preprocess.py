@@ -11,6 +11,7 @@ vectors within the fidelity bound of the upstream PIL transforms.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -30,10 +31,18 @@ def _filter(x: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def resample_weights(in_sizes: torch.Tensor, out_sizes: torch.Tensor, starts: torch.Tensor,
-                     length: int, max_in: int, kind: str) -> torch.Tensor:
+                     length: int, max_in: int, kind: str, taps: int | None = None) -> torch.Tensor:
     """[B, length, max_in] weights: rows ``starts..starts+length`` of Pillow's resize of
-    ``in_sizes`` to ``out_sizes`` (Resample.c ``precompute_coeffs``), zero past each input."""
+    ``in_sizes`` to ``out_sizes`` (Resample.c ``precompute_coeffs``), zero past each input.
+
+    Each output pixel has at most ``taps`` non-zero weights (Pillow's ``ksize``; pass it
+    from the host, else it is computed here, which waits for the device): they are
+    computed in that band, then scattered into the dense matrix, so the work grows with
+    the taps rather than with the image width.
+    """
     dev = in_sizes.device
+    if taps is None:
+        taps = max_taps(in_sizes.tolist(), out_sizes.tolist(), kind)
     ins = in_sizes.to(torch.float32)[:, None, None]
     scale = ins / out_sizes.to(torch.float32)[:, None, None]
     fscale = scale.clamp(min=1.0)
@@ -42,13 +51,22 @@ def resample_weights(in_sizes: torch.Tensor, out_sizes: torch.Tensor, starts: to
     center = (out_idx[:, :, None] + 0.5) * scale
     xmin = torch.trunc(center - support + 0.5).clamp(min=0)
     xmax = torch.minimum(torch.trunc(center + support + 0.5), ins)
-    x = torch.arange(max_in, device=dev, dtype=torch.float32)[None, None, :]
-    w = _filter((x - center + 0.5) / fscale, kind) * ((x >= xmin) & (x < xmax))
+    x = xmin + torch.arange(taps, device=dev, dtype=torch.float32)[None, None, :]
+    w = _filter((x - center + 0.5) / fscale, kind) * (x < xmax)
     total = w.sum(-1, keepdim=True)
     w = w / torch.where(total == 0, torch.ones_like(total), total)
     # Pillow's 8-bit passes use the weights in 22-bit fixed point (normalize_coeffs_8bpc)
     scaled = w * _FIXED
-    return torch.where(scaled < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5)) / _FIXED
+    w = torch.where(scaled < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5)) / _FIXED
+    dense = torch.zeros((w.shape[0], length, max_in), dtype=torch.float32, device=dev)
+    # taps past an input's end carry weight 0: adding them anywhere changes nothing
+    return dense.scatter_add_(2, x.long().clamp_(max=max_in - 1), w)
+
+
+def max_taps(in_sizes: list[int], out_sizes: list[int], kind: str) -> int:
+    """The most input pixels any output pixel draws on (Pillow's ``ksize``), over a batch."""
+    return max(int(math.ceil(_SUPPORT[kind] * max(i / o, 1.0))) * 2 + 1
+               for i, o in zip(in_sizes, out_sizes, strict=True))
 
 
 _FIXED = float(1 << 22)
@@ -101,8 +119,13 @@ class TensorTransform:
             geometry = geometry.pin_memory().to(dev, non_blocking=True)
         hs, ws, new_h, new_w, top, left, pos = geometry.unbind(1)
         hmax, wmax = max(h for h, _ in sizes), max(w for _, w in sizes)
-        rh_all = resample_weights(hs, new_h, top, self.crop, hmax, self.interpolation)
-        rw_all = resample_weights(ws, new_w, left, self.crop, wmax, self.interpolation)
+        rows = [geo[i] for i in order]
+        rh_all = resample_weights(hs, new_h, top, self.crop, hmax, self.interpolation,
+                                  max_taps([sizes[i][0] for i in order], [g[0] for g in rows],
+                                           self.interpolation))
+        rw_all = resample_weights(ws, new_w, left, self.crop, wmax, self.interpolation,
+                                  max_taps([sizes[i][1] for i in order], [g[1] for g in rows],
+                                           self.interpolation))
         mean, std = _constants(self.mean, self.std, dev)
         out = torch.empty((n, 3, self.crop, self.crop), dtype=dtype, device=dev)
         s = 0
