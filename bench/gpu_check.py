@@ -7,7 +7,7 @@ Measures, over a realistic JPEG corpus and random weights:
   upstream PIL transform, fp32, over corpus images and EXIF-rotated copies of
   some (all 8 orientations); and bf16 against fp32;
 - the data path alone (read -> nvJPEG -> batched resize, no model), with the
-  resize's matrix products in fp32 and in TF32;
+  resize as batched matrix products and as the fused Triton kernels;
 - the model-only bound (bf16, batch 256) per model;
 - clipvec end to end per model and for an ensemble: the job's own functions
   (list -> plan -> embed shards into Lance fragments -> one commit), as the
@@ -32,6 +32,7 @@ import pyarrow as pa
 import torch
 
 from clipvec_tasks import job as J
+from clipvec_tasks import tensor_preprocess as TP
 from clipvec_tasks.decode import DecodePolicy, decode_image
 from clipvec_tasks.embedder import Embedder
 from clipvec_tasks.members import MemberConfig, WeightsConfig, load_member
@@ -180,6 +181,8 @@ def main() -> None:
                    help="reader process counts tried with the first model (0: threads)")
     p.add_argument("--shard-sizes", default="1000",
                    help="shard sizes tried with the first model, besides auto")
+    p.add_argument("--fused", default="0,1",
+                   help="the GPU resize as matrix products (0) and as fused Triton kernels (1)")
     p.add_argument("--seed-images", type=int, default=0)
     p.add_argument("--work", default="/tmp/clipvec-bench")
     p.add_argument("--out", default="gpu_check.json")
@@ -203,14 +206,16 @@ def main() -> None:
     m = _member(first, device, args.precision)
     procs = [int(x) for x in args.read_processes.split(",")]
     result["prep_only"] = {}
+    fused_modes = [bool(int(x)) for x in args.fused.split(",")]
     for rp in procs:
         prep_only(items[:1024], Embedder([m]), args.batch_size, rp)  # warm-up
-        for tf32 in (False, True):
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            key = f"read_processes={rp},tf32={tf32}"
+        for fused in fused_modes:
+            TP._FUSED["ok"] = fused
+            prep_only(items[:512], Embedder([m]), args.batch_size, rp)  # compile the kernels
+            key = f"read_processes={rp},fused={int(fused)}"
             result["prep_only"][key] = prep_only(items, Embedder([m]), args.batch_size, rp)
             _log(f"prep only {key}: {result['prep_only'][key]}")
-        torch.backends.cuda.matmul.allow_tf32 = False
+    TP._FUSED["ok"] = fused_modes[-1]
     save()
     result["model_only"] = {first: round(model_only(m, args.batch_size), 1)}
     del m
@@ -220,14 +225,18 @@ def main() -> None:
     result["e2e_" + first] = {}
     for rp in procs:
         for ss in [None] + [int(x) for x in args.shard_sizes.split(",") if x]:
-            key = f"read_processes={rp},shard_size={ss or 'auto'}"
-            result["e2e_" + first][key] = r = e2e_pair(args.corpus, [first], sink,
-                                                       shard_size=ss, read_processes=rp,
-                                                       **run_kw)
-            _log(f"{first} {key}: {r}")
-            save()
+            for fused in fused_modes:
+                TP._FUSED["ok"] = fused
+                key = f"read_processes={rp},shard_size={ss or 'auto'},fused={int(fused)}"
+                result["e2e_" + first][key] = r = e2e_pair(args.corpus, [first], sink,
+                                                           shard_size=ss, read_processes=rp,
+                                                           **run_kw)
+                _log(f"{first} {key}: {r}")
+                save()
+    TP._FUSED["ok"] = fused_modes[-1]
     best = max(result["e2e_" + first].items(), key=lambda kv: kv[1]["warm"]["img_per_s"])[0]
     rp = int(best.split(",")[0].split("=")[1])
+    result["fused_resize"] = TP._FUSED["ok"]
     result["chosen_read_processes"] = rp
     J._EMBEDDERS.clear()
     torch.cuda.empty_cache() if device.type == "cuda" else None

@@ -12,6 +12,7 @@ vectors within the fidelity bound of the upstream PIL transforms.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -30,19 +31,16 @@ def _filter(x: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
 
 
-def resample_weights(in_sizes: torch.Tensor, out_sizes: torch.Tensor, starts: torch.Tensor,
-                     length: int, max_in: int, kind: str, taps: int | None = None) -> torch.Tensor:
-    """[B, length, max_in] weights: rows ``starts..starts+length`` of Pillow's resize of
-    ``in_sizes`` to ``out_sizes`` (Resample.c ``precompute_coeffs``), zero past each input.
+def band_weights(in_sizes: torch.Tensor, out_sizes: torch.Tensor, starts: torch.Tensor,
+                 length: int, taps: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pillow's resampling weights (Resample.c ``precompute_coeffs``) for output pixels
+    ``starts..starts+length`` of a resize of ``in_sizes`` to ``out_sizes``, in their band:
+    (first input pixel [B, length] int64, weights [B, length, taps] float32).
 
-    Each output pixel has at most ``taps`` non-zero weights (Pillow's ``ksize``; pass it
-    from the host, else it is computed here, which waits for the device): they are
-    computed in that band, then scattered into the dense matrix, so the work grows with
-    the taps rather than with the image width.
+    Weights are in Pillow's 22-bit fixed point (``normalize_coeffs_8bpc``); taps past
+    an input's end have weight 0.
     """
     dev = in_sizes.device
-    if taps is None:
-        taps = max_taps(in_sizes.tolist(), out_sizes.tolist(), kind)
     ins = in_sizes.to(torch.float32)[:, None, None]
     scale = ins / out_sizes.to(torch.float32)[:, None, None]
     fscale = scale.clamp(min=1.0)
@@ -55,12 +53,26 @@ def resample_weights(in_sizes: torch.Tensor, out_sizes: torch.Tensor, starts: to
     w = _filter((x - center + 0.5) / fscale, kind) * (x < xmax)
     total = w.sum(-1, keepdim=True)
     w = w / torch.where(total == 0, torch.ones_like(total), total)
-    # Pillow's 8-bit passes use the weights in 22-bit fixed point (normalize_coeffs_8bpc)
     scaled = w * _FIXED
     w = torch.where(scaled < 0, torch.trunc(scaled - 0.5), torch.trunc(scaled + 0.5)) / _FIXED
-    dense = torch.zeros((w.shape[0], length, max_in), dtype=torch.float32, device=dev)
+    return xmin[:, :, 0].long(), w
+
+
+def resample_weights(in_sizes: torch.Tensor, out_sizes: torch.Tensor, starts: torch.Tensor,
+                     length: int, max_in: int, kind: str, taps: int | None = None) -> torch.Tensor:
+    """[B, length, max_in] dense weights (see :func:`band_weights`), zero past each input.
+
+    ``taps`` is Pillow's ``ksize`` over the batch (pass it from the host, else it is
+    computed here, which waits for the device): the weights are computed in their band,
+    then scattered, so the work grows with the taps rather than with the image width.
+    """
+    if taps is None:
+        taps = max_taps(in_sizes.tolist(), out_sizes.tolist(), kind)
+    first, w = band_weights(in_sizes, out_sizes, starts, length, taps, kind)
+    x = first[:, :, None] + torch.arange(taps, device=first.device)[None, None, :]
+    dense = torch.zeros((w.shape[0], length, max_in), dtype=torch.float32, device=w.device)
     # taps past an input's end carry weight 0: adding them anywhere changes nothing
-    return dense.scatter_add_(2, x.long().clamp_(max=max_in - 1), w)
+    return dense.scatter_add_(2, x.clamp_(max=max_in - 1), w)
 
 
 def max_taps(in_sizes: list[int], out_sizes: list[int], kind: str) -> int:
@@ -99,12 +111,24 @@ class TensorTransform:
                  group: int = 64) -> torch.Tensor:
         """uint8 [3, H, W] images (any sizes, one device) -> normalised [B, 3, crop, crop].
 
-        Images are resized in groups of similar size, so that padding each group to
-        its own largest image wastes little of the matrix products' work. Nothing here
+        On a GPU this runs as two fused kernel launches (:mod:`resize_kernel`; set
+        ``CLIPVEC_FUSED_RESIZE=0`` to turn them off). Otherwise images are resized in
+        groups of similar size, so that padding each group to its own largest image
+        wastes little of the matrix products' work. Nothing here
         waits for the device: the geometry is worked out on the host and sent in one
         pinned, non-blocking copy, so the caller's thread runs ahead of the GPU.
         """
         dev = images[0].device
+        if dev.type == "cuda" and _FUSED["ok"]:
+            try:
+                from .resize_kernel import fused_resize
+
+                return fused_resize(self, images, dtype)
+            except Exception as e:  # no Triton, or it cannot compile here: the torch version
+                _FUSED["ok"] = False
+                warnings.warn(f"clipvec: the fused resize kernel is unavailable "
+                              f"({type(e).__name__}: {e}); using batched matrix products",
+                              stacklevel=2)
         n = len(images)
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
         geo = [self.geometry(h, w) for h, w in sizes]
@@ -192,6 +216,7 @@ def _vertical_first(h: int, w: int, new_h: int, new_w: int) -> bool:
     return _PILLOW_VERTICAL_FIRST and h - new_h > 0 and h - new_h > 2 * (w - new_w)
 
 
+_FUSED = {"ok": os.environ.get("CLIPVEC_FUSED_RESIZE", "1") != "0"}  # resize_kernel on GPUs
 _CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 

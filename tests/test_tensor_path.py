@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,3 +101,35 @@ def test_batched_resize_matches_pillow_in_mixed_size_groups(interpolation):
         # Pillow works in 22-bit fixed point, this in float32: at most an 8-bit step apart,
         # on the few pixels whose value falls next to a rounding boundary
         assert diff.max() <= 1.0 and (diff > 0).mean() < 0.03
+
+
+_FUSED_CHECK = """
+import numpy as np, torch
+from clipvec_tasks import resize_kernel
+from clipvec_tasks.tensor_preprocess import TensorTransform
+
+rng = np.random.default_rng(1)
+# landscape, portrait, square, one Pillow resizes vertical pass first, an upscale
+sizes = [(97, 131), (131, 97), (64, 64), (200, 75), (33, 250), (41, 41)]
+images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in sizes]
+for kind in ("bicubic", "bilinear"):
+    t = TensorTransform(40, 32, kind, (0.48, 0.45, 0.40), (0.26, 0.26, 0.27))
+    ref = t(images, torch.float32)
+    got = resize_kernel.fused_resize(t, images, torch.float32)
+    diff = (ref - got).abs()
+    level = 1 / (0.26 * 255)  # one 8-bit step, normalised
+    assert got.shape == ref.shape and diff.max() <= level * 1.01, (kind, diff.max())
+    assert (diff > 1e-4).float().mean() < 0.002, kind  # float sums in another order
+print("ok")
+"""
+
+
+def test_fused_kernel_matches_the_matrix_products():
+    """The GPU's two-launch Triton resize, run in Triton's interpreter on the CPU (a fresh
+    process: the interpreter must be chosen before Triton is imported), against the
+    batched matrix products, themselves checked against Pillow above."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-c", _FUSED_CHECK], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
