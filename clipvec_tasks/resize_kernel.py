@@ -35,13 +35,14 @@ def _kernel() -> Any:
     import triton.language as tl
 
     @triton.jit
-    def resample_pass(src, params, first, weights, dst, taps, m0, m1, m2, s0, s1, s2,
+    # (no argument may be called "params": Triton's generated launcher binds that name)
+    def resample_pass(src, geometry, first, weights, dst, taps, m0, m1, m2, s0, s1, s2,
                       LENGTH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
                       NORMALIZE: tl.constexpr):
-        # params[b]: src offset, channel/row/axis strides, rows, axis length,
+        # geometry[b]: src offset, channel/row/axis strides, rows, axis length,
         #            dst offset, channel/row/column strides
         b = tl.program_id(0)
-        p = params + b * 10
+        p = geometry + b * 10
         rows = tl.load(p + 4)
         r = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
         if tl.program_id(1) * BLOCK_R < rows:

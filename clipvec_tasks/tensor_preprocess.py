@@ -15,6 +15,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -111,8 +112,9 @@ class TensorTransform:
                  group: int = 64) -> torch.Tensor:
         """uint8 [3, H, W] images (any sizes, one device) -> normalised [B, 3, crop, crop].
 
-        On a GPU this runs as two fused kernel launches (:mod:`resize_kernel`; set
-        ``CLIPVEC_FUSED_RESIZE=0`` to turn them off). Otherwise images are resized in
+        With ``CLIPVEC_FUSED_RESIZE=1``, a GPU runs this as two fused Triton kernel
+        launches (:mod:`resize_kernel`, checked against this code on its first batch).
+        Otherwise images are resized in
         groups of similar size, so that padding each group to its own largest image
         wastes little of the matrix products' work. Nothing here
         waits for the device: the geometry is worked out on the host and sent in one
@@ -120,15 +122,15 @@ class TensorTransform:
         """
         dev = images[0].device
         if dev.type == "cuda" and _FUSED["ok"]:
-            try:
-                from .resize_kernel import fused_resize
+            fused = _fused(self, images, dtype)
+            if fused is not None:
+                return fused
+        return self.matmul(images, dtype, group)
 
-                return fused_resize(self, images, dtype)
-            except Exception as e:  # no Triton, or it cannot compile here: the torch version
-                _FUSED["ok"] = False
-                warnings.warn(f"clipvec: the fused resize kernel is unavailable "
-                              f"({type(e).__name__}: {e}); using batched matrix products",
-                              stacklevel=2)
+    def matmul(self, images: list[torch.Tensor], dtype: torch.dtype,
+               group: int = 64) -> torch.Tensor:
+        """The transform as batched matrix products, in groups of similar size."""
+        dev = images[0].device
         n = len(images)
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
         geo = [self.geometry(h, w) for h, w in sizes]
@@ -216,7 +218,34 @@ def _vertical_first(h: int, w: int, new_h: int, new_w: int) -> bool:
     return _PILLOW_VERTICAL_FIRST and h - new_h > 0 and h - new_h > 2 * (w - new_w)
 
 
-_FUSED = {"ok": os.environ.get("CLIPVEC_FUSED_RESIZE", "1") != "0"}  # resize_kernel on GPUs
+# the fused Triton kernels (resize_kernel) on GPUs: opt-in until measured on one
+_FUSED: dict[str, Any] = {"ok": os.environ.get("CLIPVEC_FUSED_RESIZE", "0") == "1",
+                          "checked": set()}
+
+
+def _fused(t: TensorTransform, images: list[torch.Tensor], dtype: torch.dtype
+           ) -> torch.Tensor | None:
+    """The fused kernels' result, or None to use the matrix products. The first batch of
+    each transform is also computed by the matrix products and compared: a kernel that
+    cannot compile here, or disagrees, is turned off with a warning."""
+    try:
+        from .resize_kernel import fused_resize
+
+        out = fused_resize(t, images, dtype)
+        if t not in _FUSED["checked"]:
+            ref = t.matmul(images, dtype)
+            level = 1.0 / (255.0 * min(t.std))
+            diff = (out.float() - ref.float()).abs()
+            if float(diff.max()) > 2 * level or float((diff > 0.5 * level).float().mean()) > 0.01:
+                raise RuntimeError(f"its output differs from the matrix products by up to "
+                                   f"{float(diff.max()):.4f}")
+            _FUSED["checked"].add(t)
+        return out
+    except Exception as e:
+        _FUSED["ok"] = False
+        warnings.warn(f"clipvec: the fused resize kernel is off ({type(e).__name__}: {e}); "
+                      "using batched matrix products", stacklevel=3)
+        return None
 _CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 

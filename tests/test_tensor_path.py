@@ -133,3 +133,23 @@ def test_fused_kernel_matches_the_matrix_products():
     r = subprocess.run([sys.executable, "-c", _FUSED_CHECK], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_fused_kernel_that_fails_or_disagrees_is_turned_off(monkeypatch):
+    """On its first batch the fused path is compared with the matrix products; a kernel
+    that raises or disagrees is switched off with a warning and the batch is not lost."""
+    from clipvec_tasks import resize_kernel, tensor_preprocess
+
+    t = TensorTransform(40, 32, "bicubic", (0.48, 0.45, 0.40), (0.26, 0.26, 0.27))
+    images = [torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)]
+    monkeypatch.setitem(tensor_preprocess._FUSED, "checked", set())
+    for broken in (lambda *a: 1 / 0, lambda t, ims, dt: t.matmul(ims, dt) + 0.5):
+        monkeypatch.setitem(tensor_preprocess._FUSED, "ok", True)
+        monkeypatch.setattr(resize_kernel, "fused_resize", broken)
+        with pytest.warns(UserWarning, match="fused resize kernel is off"):
+            assert tensor_preprocess._fused(t, images, torch.float32) is None
+        assert tensor_preprocess._FUSED["ok"] is False
+    monkeypatch.setitem(tensor_preprocess._FUSED, "ok", True)
+    monkeypatch.setattr(resize_kernel, "fused_resize", lambda t, ims, dt: t.matmul(ims, dt))
+    assert tensor_preprocess._fused(t, images, torch.float32) is not None
+    assert t in tensor_preprocess._FUSED["checked"] and tensor_preprocess._FUSED["ok"]
