@@ -2,7 +2,8 @@
 
     python bench/gpu_diag.py --corpus DIR [--device cuda]
 
-1. GPU JPEG decode alone (bytes already in memory, batches of 256, synchronised);
+1. GPU JPEG decode alone (bytes already in memory, batches of 256, synchronised; the
+   first pass over the corpus is reported apart: it pays nvJPEG's warm-up);
 2. the batched resize/normalise alone (ViT-B/32's transform) on decoded images;
 3. CPU JPEG decode with Pillow in N threads (Pillow releases the GIL while decoding);
 4. feeding bytes + sha256 + header parse with N threads vs N processes.
@@ -65,20 +66,19 @@ def main() -> None:
     from clipvec_tasks.tensor_preprocess import TensorTransform
 
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-    decode_jpeg(tensors[: args.bs], mode=ImageReadMode.RGB, device=dev)  # warm-up
-    _sync(dev)
-    t0 = time.perf_counter()
+    # torchvision's GPU decoder ignores apply_exif_orientation (clipvec turns images
+    # itself): a first pass over the corpus warms nvJPEG up, the second is timed
     decoded = []
-    for i in range(0, n, args.bs):
-        decoded.append(decode_jpeg(tensors[i:i + args.bs], mode=ImageReadMode.RGB, device=dev,
-                                   apply_exif_orientation=True))
-    _sync(dev)
-    res["gpu_decode_img_per_s"] = round(n / (time.perf_counter() - t0), 1)
-    t0 = time.perf_counter()
-    for i in range(0, n, args.bs):
-        decode_jpeg(tensors[i:i + args.bs], mode=ImageReadMode.RGB, device=dev)
-    _sync(dev)
-    res["gpu_decode_no_exif_img_per_s"] = round(n / (time.perf_counter() - t0), 1)
+    for rep in range(2):
+        decoded = []
+        _sync(dev)
+        t0 = time.perf_counter()
+        for i in range(0, n, args.bs):
+            decoded.append(decode_jpeg(tensors[i:i + args.bs], mode=ImageReadMode.RGB,
+                                       device=dev))
+        _sync(dev)
+        res["gpu_decode_warmup_img_per_s" if rep == 0 else "gpu_decode_img_per_s"] = round(
+            n / (time.perf_counter() - t0), 1)
     tt = TensorTransform(224, 224, "bicubic", (0.48, 0.45, 0.40), (0.26, 0.26, 0.27))
     tt(decoded[0], torch.bfloat16)
     _sync(dev)
