@@ -20,6 +20,7 @@ import sys
 import time
 import tomllib
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 _proc: subprocess.Popen[bytes] | None = None
@@ -55,8 +56,7 @@ def start_early() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-           "PREFECT__SERVER_FINAL": "1"}
+    env = server_env(os.environ)
     _proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
          "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
@@ -66,6 +66,15 @@ def start_early() -> None:
     _url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = _url
     atexit.register(stop)
+
+
+def server_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The temporary server's environment. It lives for one command: its usage telemetry,
+    on by default, would only race the first command's database creation ("database is
+    locked" tracebacks on a fresh PREFECT_HOME) and call out from offline machines, so it
+    is off unless the environment says otherwise."""
+    return {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **environ, "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
 
 
 def wait(timeout: float | None = None) -> None:

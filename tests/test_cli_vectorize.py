@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(args: list[str], cwd: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "CLIPVEC_CACHE_DIR": str(tmp / "c")}
+    env.pop("PREFECT_SERVER_ANALYTICS_ENABLED", None)  # as a user's shell has it
     return subprocess.run([sys.executable, str(ROOT / "flows" / "vectorize.py"), *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -30,6 +31,16 @@ def test_contract_command_on_nested_folder(image_dir, tmp_path):
     assert len(t) == 7 and set(t.status) == {"ok"}
     np.testing.assert_allclose(np.linalg.norm(np.stack(t.embedding), axis=1), 1, atol=1e-5)
     assert not (tmp_path / "outputs").exists()  # Hydra leaves no output folders behind
+    # a first run (fresh PREFECT_HOME) prints no server tracebacks ("database is locked")
+    assert "Traceback" not in p.stderr and "locked" not in p.stderr, p.stderr[-3000:]
+
+
+def test_temporary_server_keeps_telemetry_off_unless_asked():
+    from flows.local_api import server_env
+
+    assert server_env({})["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert server_env({"PREFECT_SERVER_ANALYTICS_ENABLED": "true"})[
+        "PREFECT_SERVER_ANALYTICS_ENABLED"] == "true"
 
 
 @pytest.mark.parametrize(
