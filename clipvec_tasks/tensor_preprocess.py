@@ -231,21 +231,24 @@ def _fused(t: TensorTransform, images: list[torch.Tensor], dtype: torch.dtype
     try:
         from .resize_kernel import fused_resize
 
-        out = fused_resize(t, images, dtype)
-        if t not in _FUSED["checked"]:
-            ref = t.matmul(images, dtype)
-            level = 1.0 / (255.0 * min(t.std))
-            diff = (out.float() - ref.float()).abs()
-            if float(diff.max()) > 2 * level or float((diff > 0.5 * level).float().mean()) > 0.01:
-                raise RuntimeError(f"its output differs from the matrix products by up to "
-                                   f"{float(diff.max()):.4f}")
-            _FUSED["checked"].add(t)
-        return out
+        if t in _FUSED["checked"]:
+            return fused_resize(t, images, dtype)
+        out = fused_resize(t, images, torch.float32)  # compared in float32, then cast
+        ref = t.matmul(images, torch.float32)
+        level = 1.0 / (255.0 * min(t.std))  # one 8-bit step, normalised
+        diff = (out - ref).abs()
+        if float(diff.max()) > 1.01 * level or float((diff > 1e-4).float().mean()) > 0.01:
+            raise RuntimeError("its output differs from the matrix products by up to "
+                               f"{float(diff.max()):.4f}")
+        _FUSED["checked"].add(t)
+        return out.to(dtype)
     except Exception as e:
         _FUSED["ok"] = False
         warnings.warn(f"clipvec: the fused resize kernel is off ({type(e).__name__}: {e}); "
                       "using batched matrix products", stacklevel=3)
         return None
+
+
 _CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
