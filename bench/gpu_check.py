@@ -214,6 +214,7 @@ def main() -> None:
             prep_only(items[:512], Embedder([m]), args.batch_size, rp)  # compile the kernels
             key = f"read_processes={rp},fused={int(fused)}"
             result["prep_only"][key] = prep_only(items, Embedder([m]), args.batch_size, rp)
+            result["prep_only"][key]["fused_still_on"] = TP._FUSED["ok"]  # off: it fell back
             _log(f"prep only {key}: {result['prep_only'][key]}")
     TP._FUSED["ok"] = fused_modes[-1]
     save()
