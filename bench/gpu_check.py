@@ -14,6 +14,7 @@ Measures, over a realistic JPEG corpus and random weights:
   flow's tasks call them, without Prefect (not installed there). "cold" includes
   building the model and starting the reader processes; "warm" is a second run
   into a fresh dataset;
+- the first model with a share of the JPEGs decoded and resized by the readers;
 - optionally the seed's one-image loop (fp32) as the baseline.
 """
 
@@ -124,7 +125,7 @@ def prep_only(items, embedder, bs: int, read_processes: int) -> dict:
 
 def job_e2e(corpus: str, names: list[str], sink: Path, bs: int | None,
             shard_size: int | None, read_processes: int | None, device: str = "cuda",
-            precision: str = "bf16") -> dict:
+            precision: str = "bf16", cpu_decode_share: float = 0.0) -> dict:
     """list -> plan -> shards into Lance fragments -> one commit: what the flow's tasks do."""
     import lance
 
@@ -132,7 +133,7 @@ def job_e2e(corpus: str, names: list[str], sink: Path, bs: int | None,
     job = J.JobConfig(source_uri=corpus, sink_uri=str(sink),
                       members=tuple(MemberConfig(n, "random") for n in names),
                       shard_size=shard_size, device=device, precision=precision, batch_size=bs,
-                      read_processes=read_processes)
+                      read_processes=read_processes, cpu_decode_share=cpu_decode_share)
     t0 = time.perf_counter()
     items = J.list_source(job)
     model = J.fetch_weights(job)
@@ -183,6 +184,8 @@ def main() -> None:
                    help="shard sizes tried with the first model, besides auto")
     p.add_argument("--fused", default="0,1",
                    help="the GPU resize as matrix products (0) and as fused Triton kernels (1)")
+    p.add_argument("--cpu-shares", default="0.1,0.2",
+                   help="runtime.cpu_decode_share values tried with the first model")
     p.add_argument("--seed-images", type=int, default=0)
     p.add_argument("--work", default="/tmp/clipvec-bench")
     p.add_argument("--out", default="gpu_check.json")
@@ -238,6 +241,15 @@ def main() -> None:
     best = max(result["e2e_" + first].items(), key=lambda kv: kv[1]["warm"]["img_per_s"])[0]
     rp = int(best.split(",")[0].split("=")[1])
     result["fused_resize"] = TP._FUSED["ok"]
+    shares = [float(x) for x in args.cpu_shares.split(",") if x and float(x) > 0]
+    if shares:
+        result["cpu_decode_share_" + first] = {}
+        for share in shares:
+            r = e2e_pair(args.corpus, [first], sink, shard_size=None, read_processes=rp,
+                         cpu_decode_share=share, **run_kw)
+            result["cpu_decode_share_" + first][str(share)] = r
+            _log(f"{first} cpu_decode_share={share}: {r}")
+            save()
     result["chosen_read_processes"] = rp
     J._EMBEDDERS.clear()
     torch.cuda.empty_cache() if device.type == "cuda" else None

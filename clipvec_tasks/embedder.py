@@ -52,9 +52,34 @@ class Embedder:
         """Whether every member's preprocessing can run batched on tensors."""
         return all(m.tensor_transform is not None for m in self.members)
 
-    def preprocess_tensors(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each member's input batch from uint8 [3, H, W] images already on the device."""
-        return [m.tensor_transform(images, m.dtype) for m in self.members]
+    @property
+    def crop_specs(self) -> tuple[Any, ...]:
+        """The members' distinct resize/crop specs (tensor path), in member order."""
+        if not self.supports_tensors:
+            return ()
+        return tuple(dict.fromkeys(m.tensor_transform.spec for m in self.members))
+
+    def preprocess_tensors(self, images: list[torch.Tensor], mixed: tuple[Any, ...] | None = None
+                           ) -> list[torch.Tensor]:
+        """Each member's input batch from uint8 [3, H, W] images already on the device.
+
+        ``mixed`` = (rows, rows of ``images``, rows resized on the CPU, their uint8 crops
+        per spec of :attr:`crop_specs`), row indices as device tensors, when readers
+        decoded and resized some rows with Pillow: those are only normalised here.
+        """
+        if mixed is None:
+            return [m.tensor_transform(images, m.dtype) for m in self.members]
+        n, on_gpu, on_cpu, crops = mixed
+        specs = self.crop_specs
+        out = []
+        for m in self.members:
+            t = m.tensor_transform
+            x = torch.empty((n, 3, t.crop, t.crop), dtype=m.dtype, device=self.device)
+            if images:
+                x.index_copy_(0, on_gpu, t(images, m.dtype))
+            x.index_copy_(0, on_cpu, t.normalize(crops[specs.index(t.spec)], m.dtype))
+            out.append(x)
+        return out
 
     def encode_inputs(self, inputs: list[torch.Tensor]) -> np.ndarray:
         """Vectors from per-member input batches (``preprocess_tensors``). float32 [n, dim]."""

@@ -48,6 +48,7 @@ class JobConfig:
     preprocess: str = "auto"  # auto (tensor on GPU, pil on CPU), pil, tensor
     compile: bool = False  # torch.compile each member's tower
     read_processes: int | None = None  # GPU path: reader processes (None: auto)
+    cpu_decode_share: float = 0.0  # GPU path: share of JPEGs the readers decode and resize
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> JobConfig:
@@ -88,6 +89,7 @@ class JobConfig:
             compile=bool(rt.get("compile", False)),
             read_processes=None if rt.get("read_processes") is None
             else int(rt["read_processes"]),
+            cpu_decode_share=_share(rt.get("cpu_decode_share")),
         )
 
 
@@ -102,6 +104,16 @@ def _auto_int(key: str, value: object) -> int | None:
     if n < 1:
         raise ClipvecError(f"{key} must be auto or a whole number of at least 1, not '{value}'.")
     return n
+
+
+def _share(value: object) -> float:
+    try:
+        share = float(value or 0.0)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        share = -1.0
+    if not 0.0 <= share <= 1.0:
+        raise ClipvecError(f"runtime.cpu_decode_share must be between 0 and 1, not '{value}'.")
+    return share
 
 
 def _on_deleted(value: object) -> str:
@@ -235,7 +247,7 @@ def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
                           resolve_batch_size(job.batch_size, embedder.device), workers,
                           DecodePolicy(max_pixels=job.max_pixels),
                           progress.update if progress else None, job.preprocess,
-                          _read_processes(job))
+                          _read_processes(job), job.cpu_decode_share)
     fragments = dataset.write_fragments(counted(batches), job.sink_uri, embedder.dim,
                                         job.sink_options)
     result = {"shard": shard.index, "fragments": fragments, "statuses": dict(statuses),

@@ -1,7 +1,8 @@
 """Reading one input, for the GPU path: in reader threads, or in worker processes.
 
 On the GPU path the CPU's share of the work per image is small (read, sha256,
-JPEG header; a CPU decode only for non-JPEG files), but in threads it competes
+JPEG header; a CPU decode only for non-JPEG files, or for a chosen share of the
+JPEGs), but in threads it competes
 for the interpreter lock with the thread that feeds the GPU. On many-core
 machines worker processes (spawned: Lance is not fork-safe) do it instead. This
 module imports neither torch nor Lance, so the workers start quickly.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .decode import DecodePolicy, decode_image
+from .geometry import CropSpec, pil_crop
 from .jpeg import jpeg_info
 from .retry import is_transient, with_retries
 from .sources import SourceItem
@@ -36,6 +38,7 @@ class Read:
     jpeg: bytes | None = None
     orientation: int = 1  # EXIF orientation of a JPEG left for the GPU
     pixels: np.ndarray | None = None  # uint8 [H, W, 3], for files decoded on the CPU
+    crops: list[np.ndarray] | None = None  # or, with crop specs: uint8 [crop, crop, 3] each
 
 
 def fetch(item: SourceItem, read: Callable[[str], bytes]) -> bytes | Read:
@@ -51,26 +54,44 @@ def fetch(item: SourceItem, read: Callable[[str], bytes]) -> bytes | Read:
         return Read("io_error", f"{type(e).__name__}: {e}"[:300])
 
 
-def read_one(item: SourceItem, read: Callable[[str], bytes], policy: DecodePolicy) -> Read:
-    """Read, hash and classify one input; JPEGs are left for the GPU."""
+def read_one(item: SourceItem, read: Callable[[str], bytes], policy: DecodePolicy,
+             specs: tuple[CropSpec, ...] = (), cpu: bool = False) -> Read:
+    """Read, hash and classify one input; JPEGs are left for the GPU unless ``cpu``.
+
+    A file decoded here comes back as pixels, or, given the members' crop ``specs``,
+    already resized and cropped by Pillow (the upstream pixels; less to send back).
+    """
     data = fetch(item, read)
     if isinstance(data, Read):
         return data
     digest = hashlib.sha256(data).hexdigest()
     info = jpeg_info(data)
-    if info and info.components in (1, 3) and info.width * info.height <= policy.max_pixels:
+    if (not cpu and info and info.components in (1, 3)
+            and info.width * info.height <= policy.max_pixels):
         w, h = info.display_size
         return Read("ok", None, digest, w, h, 1, data, info.orientation)
     d = decode_image(data, item.uri, policy)
     if d.image is None:
         return Read(d.status, d.error, digest)
+    if specs:
+        try:
+            crops = [np.asarray(pil_crop(d.image, s)) for s in specs]
+        except Exception as e:  # a transform that cannot take this image
+            return Read("decode_error", f"preprocess: {type(e).__name__}: {e}"[:300], digest)
+        return Read("ok", None, digest, d.width, d.height, d.frames, crops=crops)
     return Read("ok", None, digest, d.width, d.height, d.frames, pixels=np.array(d.image))
 
 
-def read_chunk(items: list[SourceItem], read: Callable[[str], bytes],
-               policy: DecodePolicy) -> list[Read]:
-    """``read_one`` over a chunk (``read`` must pickle to reach a worker process)."""
-    return [read_one(i, read, policy) for i in items]
+def read_chunk(items: list[SourceItem], read: Callable[[str], bytes], policy: DecodePolicy,
+               specs: tuple[CropSpec, ...] = (), cpu_share: float = 0.0) -> list[Read]:
+    """``read_one`` over a chunk (``read`` must pickle to reach a worker process).
+
+    With ``cpu_share`` > 0, that share of the chunk's inputs (spread evenly) is decoded
+    and resized here with Pillow instead of by the GPU: reader processes have cores
+    to spare while nvJPEG and the GPU's resize thread are the pipeline's limits.
+    """
+    return [read_one(i, read, policy, specs, cpu=cpu_share > 0 and int((k + 1) * cpu_share)
+                     > int(k * cpu_share)) for k, i in enumerate(items)]
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}

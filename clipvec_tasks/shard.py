@@ -38,7 +38,7 @@ from .dataset import rows_to_batch
 from .decode import DecodePolicy, decode_image
 from .embedder import Embedder
 from .jpeg import decode_jpegs_on_device
-from .readahead import Read, fetch, read_one
+from .readahead import Read, fetch
 from .sources import SourceItem
 
 
@@ -56,6 +56,7 @@ class Prepared:
     inputs: list[torch.Tensor] | None = None  # pil path: each member's input
     pixels: torch.Tensor | None = None  # tensor path: uint8 [3, H, W] on the device
     host: np.ndarray | None = None  # tensor path: uint8 [H, W, 3] decoded on the CPU
+    crops: list[np.ndarray] | None = None  # tensor path: decoded and resized on the CPU
     jpeg: bytes | None = None  # tensor path: to be decoded on the device
     orientation: int = 1  # tensor path: the JPEG's EXIF orientation
 
@@ -81,7 +82,7 @@ def prepare(item: SourceItem, read: Callable[[str], bytes], embedder: Embedder,
 def _from_read(item: SourceItem, r: Read) -> Prepared:
     """A row from what a reader (thread or process) sent back."""
     return Prepared(item, r.status, r.error, r.sha256, r.width, r.height, r.frames,
-                    host=r.pixels, jpeg=r.jpeg, orientation=r.orientation)
+                    host=r.pixels, crops=r.crops, jpeg=r.jpeg, orientation=r.orientation)
 
 
 def embed_items(
@@ -95,16 +96,19 @@ def embed_items(
     on_rows: Callable[[int], None] | None = None,
     preprocess: str = "auto",
     read_processes: int = 0,
+    cpu_share: float = 0.0,
 ) -> Iterator[pa.RecordBatch]:
     """Yield one Arrow batch per model batch, rows in input order.
 
     On the tensor path, ``read_processes`` > 0 reads ahead in that many spawned
-    worker processes instead of threads (``read`` must then pickle).
+    worker processes instead of threads (``read`` must then pickle), and
+    ``cpu_share`` of the JPEGs are decoded and resized by the readers with Pillow
+    rather than on the GPU.
     """
     policy = policy or DecodePolicy()
     tensor_path = _use_tensor_path(preprocess, embedder)
     prepared = prepared_stream(items, embedder, read, policy, tensor_path, batch_size, workers,
-                               read_processes)
+                               read_processes, cpu_share)
     windows = _windows(prepared, batch_size)
     if not tensor_path:
         for window in windows:
@@ -140,7 +144,7 @@ def _use_tensor_path(preprocess: str, embedder: Embedder) -> bool:
 def _rows(window: list[Prepared], vectors: np.ndarray, embedder: Embedder, run_id: str,
           on_rows: Callable[[int], None] | None) -> pa.RecordBatch:
     for p in window:  # free images as soon as they are embedded
-        p.inputs = p.pixels = p.host = p.jpeg = None
+        p.inputs = p.pixels = p.host = p.crops = p.jpeg = None
     batch = rows_to_batch(window, vectors, embedder.dim, run_id)
     if on_rows:
         on_rows(len(window))
@@ -159,19 +163,20 @@ def _tensor_stages(windows: Iterable[list[Prepared]], embedder: Embedder, policy
     device = embedder.device
     if device.type != "cuda":
         for window in windows:
-            _decode_window(window, device, policy, None)
-            yield window, _preprocess_window(window, embedder, None), None
+            _, mixed = _decode_window(window, device, policy, None)
+            yield window, _preprocess_window(window, embedder, None, mixed), None
         return
     decode_stream, prep_stream = torch.cuda.Stream(device), torch.cuda.Stream(device)
 
-    def decode() -> Iterator[tuple[list[Prepared], Any]]:
+    def decode() -> Iterator[tuple[list[Prepared], Any, Any]]:
         for window in windows:
-            yield window, _decode_window(window, device, policy, decode_stream)
+            yield window, *_decode_window(window, device, policy, decode_stream)
 
     def prepare_inputs() -> Iterator[tuple[list[Prepared], list[torch.Tensor], Any]]:
-        for window, decoded in _background(decode(), 2, "clipvec-decode"):
+        for window, decoded, mixed in _background(decode(), 2, "clipvec-decode"):
             prep_stream.wait_event(decoded)
-            yield window, _preprocess_window(window, embedder, prep_stream), _record(prep_stream)
+            yield (window, _preprocess_window(window, embedder, prep_stream, mixed),
+                   _record(prep_stream))
 
     yield from _background(prepare_inputs(), 2, "clipvec-preprocess")
 
@@ -182,10 +187,20 @@ def _record(stream: Any) -> Any:
     return event
 
 
+def _to_device(x: np.ndarray | list[int], device: torch.device) -> torch.Tensor:
+    """A host array on ``device``, through pinned memory without waiting on a GPU."""
+    t = torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.tensor(x, dtype=torch.int64)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
 def _decode_window(window: list[Prepared], device: torch.device, policy: DecodePolicy,
-                   stream: Any) -> Any:
+                   stream: Any) -> tuple[Any, Any]:
     """Every ok row's pixels as uint8 [3, H, W] on ``device``: JPEGs decoded there in one
-    batch, CPU-decoded images copied from pinned memory; returns the stream's event."""
+    batch, CPU-decoded images copied from pinned memory; rows the readers already
+    resized are copied as crops (the ``mixed`` of ``Embedder.preprocess_tensors``).
+    Returns (the stream's event, mixed or None)."""
     ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
     with ctx, torch.inference_mode():
         jpegs = [p for p in window if p.status == "ok" and p.jpeg is not None]
@@ -199,20 +214,30 @@ def _decode_window(window: list[Prepared], device: torch.device, policy: DecodeP
             p.jpeg = None
         for p in window:
             if p.status == "ok" and p.host is not None:
-                host = torch.from_numpy(p.host)
-                if device.type == "cuda":
-                    host = host.pin_memory()
-                p.pixels = host.to(device, non_blocking=True).permute(2, 0, 1).contiguous()
+                p.pixels = _to_device(p.host, device).permute(2, 0, 1).contiguous()
                 p.host = None
-        return _record(stream) if stream is not None else None
+        oks = [p for p in window if p.status == "ok"]
+        on_cpu = [i for i, p in enumerate(oks) if p.crops is not None]
+        mixed = None
+        if on_cpu:
+            on_gpu = [i for i, p in enumerate(oks) if p.crops is None]
+            crops = [_to_device(np.stack([oks[i].crops[k] for i in on_cpu]), device)  # type: ignore[index]
+                     for k in range(len(oks[on_cpu[0]].crops))]  # type: ignore[arg-type]
+            for i in on_cpu:
+                oks[i].crops = None
+            mixed = (len(oks), _to_device(on_gpu, device), _to_device(on_cpu, device), crops)
+        return (_record(stream) if stream is not None else None), mixed
 
 
-def _preprocess_window(window: list[Prepared], embedder: Embedder,
-                       stream: Any) -> list[torch.Tensor]:
+def _preprocess_window(window: list[Prepared], embedder: Embedder, stream: Any,
+                       mixed: Any = None) -> list[torch.Tensor]:
     ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
     with ctx, torch.inference_mode():
-        images = [p.pixels for p in window if p.status == "ok"]
-        return embedder.preprocess_tensors(images) if images else []  # type: ignore[arg-type]
+        oks = [p for p in window if p.status == "ok"]
+        if not oks:
+            return []
+        images = [p.pixels for p in oks if p.pixels is not None]
+        return embedder.preprocess_tensors(images, mixed)  # type: ignore[arg-type]
 
 
 def _cpu_fallback(p: Prepared, policy: DecodePolicy) -> None:
@@ -227,15 +252,19 @@ def _cpu_fallback(p: Prepared, policy: DecodePolicy) -> None:
 def prepared_stream(items: Iterable[SourceItem], embedder: Embedder,
                     read: Callable[[str], bytes], policy: DecodePolicy, tensor_path: bool,
                     batch_size: int, workers: int | None = None, read_processes: int = 0,
-                    ) -> Iterator[Prepared]:
+                    cpu_share: float = 0.0) -> Iterator[Prepared]:
     """Inputs read (and, on the PIL path, decoded and preprocessed) ahead, in input order."""
     if tensor_path:
+        from .readahead import read_chunk
+
+        specs = embedder.crop_specs
         # a daemonic process (a Dask worker) may not start children: it reads in threads
         if read_processes > 0 and not multiprocessing.current_process().daemon:
-            from .readahead import pool, read_chunk
+            from .readahead import pool
 
             executor = pool(read_processes)
-            reads = _read_ahead(items, lambda b: executor.submit(read_chunk, b, read, policy),
+            reads = _read_ahead(items, lambda b: executor.submit(read_chunk, b, read, policy,
+                                                                 specs, cpu_share),
                                 max(2 * batch_size, 16 * read_processes), chunk=32)
             yield from (_from_read(i, r) for i, r in reads)
             return
@@ -243,21 +272,18 @@ def prepared_stream(items: Iterable[SourceItem], embedder: Embedder,
         # contend for the GIL with the GPU staging thread (H100: 2 beat 4, 8 and 16)
         workers = workers or min(2, os.cpu_count() or 2)
 
-        def fn(i: SourceItem) -> Prepared:
-            return _from_read(i, read_one(i, read, policy))
+        def chunk_fn(block: list[SourceItem]) -> list[Prepared]:
+            return [_from_read(i, r) for i, r in zip(
+                block, read_chunk(block, read, policy, specs, cpu_share), strict=True)]
     else:
         workers = workers or min(8, os.cpu_count() or 2)
 
-        def fn(i: SourceItem) -> Prepared:
-            return prepare(i, read, embedder, policy)
+        def chunk_fn(block: list[SourceItem]) -> list[Prepared]:
+            return [prepare(i, read, embedder, policy) for i in block]
     with ThreadPoolExecutor(workers, thread_name_prefix="clipvec-read") as threads:
-        reads = _read_ahead(items, lambda b: threads.submit(_map_chunk, fn, b),
+        reads = _read_ahead(items, lambda b: threads.submit(chunk_fn, b),
                             max(2 * batch_size, 4 * workers), chunk=8)
         yield from (p for _, p in reads)
-
-
-def _map_chunk(fn: Callable[[SourceItem], Any], block: list[SourceItem]) -> list[Any]:
-    return [fn(i) for i in block]
 
 
 def _read_ahead(items: Iterable[SourceItem],

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .geometry import CropSpec, resize_crop
+
 _SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
 
 
@@ -164,14 +166,22 @@ class TensorTransform:
             s = e
         return out
 
+    @property
+    def spec(self) -> CropSpec:
+        """The pixel part (resize, crop, filter): what CPU readers can do with Pillow."""
+        return CropSpec(self.resize, self.crop, self.interpolation)
+
+    def normalize(self, crops: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """uint8 [n, crop, crop, 3] crops already resized (by Pillow, in reader processes)
+        -> normalised [n, 3, crop, crop]: the same values the resize path produces."""
+        mean, std = _constants(self.mean, self.std, crops.device)
+        return ((crops.permute(0, 3, 1, 2).float() - mean) / std).to(dtype)
+
     def geometry(self, h: int, w: int) -> tuple[int, int, int, int, bool]:
         """(resized height, resized width, crop top, crop left, vertical pass first) for an
         h x w image, as torchvision's Resize(int) and CenterCrop and Pillow compute them."""
-        short, long_ = min(h, w), max(h, w)
-        new_long = int(self.resize * long_ / short)
-        new_h, new_w = (self.resize, new_long) if h <= w else (new_long, self.resize)
-        return (new_h, new_w, int(round((new_h - self.crop) / 2.0)),
-                int(round((new_w - self.crop) / 2.0)), _vertical_first(h, w, new_h, new_w))
+        new_h, new_w, top, left = resize_crop(h, w, self.resize, self.crop)
+        return new_h, new_w, top, left, _vertical_first(h, w, new_h, new_w)
 
     def _resample(self, batch: torch.Tensor, rh: torch.Tensor, rw: torch.Tensor,
                   vertical_first: bool) -> torch.Tensor:

@@ -277,3 +277,22 @@ def test_reader_processes_give_the_same_rows(image_dir, tmp_path):
     assert list(a.width.fillna(-1)) == list(b.width.fillna(-1)) and (a.status == "empty").sum() == 1
     ok = a.status == "ok"
     np.testing.assert_allclose(np.stack(a.embedding[ok]), np.stack(b.embedding[ok]), atol=1e-5)
+
+
+@pytest.mark.parametrize("read_processes", [0, 2])
+def test_share_resized_by_the_readers_gives_the_same_rows(image_dir, tmp_path, read_processes):
+    """JPEGs the readers decode and resize with Pillow (runtime.cpu_decode_share) give the
+    rows and vectors of the device path, an ensemble's two crop sizes included."""
+    for i in range(5):
+        make_image(image_dir / "jp" / f"j{i}.jpg", (160 + 37 * i, 120), seed=300 + i)
+    cfg = dict(model=["tiny_clip", "resnet18"], preprocess="tensor",
+               read_processes=read_processes)
+    run(job_config(image_dir, tmp_path / "gpu.lance", **cfg))
+    run(job_config(image_dir, tmp_path / "cpu.lance", cpu_decode_share=0.5, **cfg))
+    a = _table(tmp_path / "gpu.lance").set_index("id").sort_index()
+    b = _table(tmp_path / "cpu.lance").set_index("id").sort_index()
+    assert list(a.status) == list(b.status) and list(a.width) == list(b.width)
+    ok = a.status == "ok"
+    va, vb = np.stack(a.embedding[ok]), np.stack(b.embedding[ok])
+    cos = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
+    assert cos.min() >= 0.9999, cos

@@ -153,3 +153,20 @@ def test_fused_kernel_that_fails_or_disagrees_is_turned_off(monkeypatch):
     monkeypatch.setattr(resize_kernel, "fused_resize", lambda t, ims, dt: t.matmul(ims, dt))
     assert tensor_preprocess._fused(t, images, torch.float32) is not None
     assert t in tensor_preprocess._FUSED["checked"] and tensor_preprocess._FUSED["ok"]
+
+
+def test_reader_crops_normalised_match_the_device_resize():
+    """Rows the readers resize with Pillow (geometry.pil_crop) and the device only
+    normalises hold the values the device's own resize gives."""
+    from clipvec_tasks.geometry import pil_crop
+
+    rng = np.random.default_rng(2)
+    t = TensorTransform(40, 32, "bicubic", (0.48, 0.45, 0.40), (0.26, 0.26, 0.27))
+    for h, w in [(97, 131), (200, 75), (64, 64)]:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        crop = torch.from_numpy(np.array(pil_crop(im, t.spec)))[None]
+        got = t.normalize(crop, torch.float32)[0]
+        ref = t([torch.from_numpy(np.array(im)).permute(2, 0, 1).contiguous()], torch.float32)[0]
+        diff = (got - ref).abs()
+        assert got.shape == ref.shape and diff.max() <= 1.01 / (0.26 * 255)
+        assert (diff > 1e-4).float().mean() < 0.03
