@@ -175,6 +175,9 @@ def _tensor_stages(windows: Iterable[list[Prepared]], embedder: Embedder, policy
     def prepare_inputs() -> Iterator[tuple[list[Prepared], list[torch.Tensor], Any]]:
         for window, decoded, mixed in _background(decode(), 2, "clipvec-decode"):
             prep_stream.wait_event(decoded)
+            if mixed is not None:  # made on the decode stream, dropped before prep's kernels
+                for t in (mixed[1], mixed[2], *mixed[3]):  # run: no reuse until they have
+                    t.record_stream(prep_stream)
             yield (window, _preprocess_window(window, embedder, prep_stream, mixed),
                    _record(prep_stream))
 
