@@ -83,8 +83,29 @@ class Embedder:
 
     def encode_inputs(self, inputs: list[torch.Tensor]) -> np.ndarray:
         """Vectors from per-member input batches (``preprocess_tensors``). float32 [n, dim]."""
+        return self.finish_encode(self.start_encode(inputs))
+
+    def start_encode(self, inputs: list[torch.Tensor]) -> tuple[Any, ...]:
+        """Launch the members on ``inputs`` and the copy of their vectors to pinned host
+        memory, without waiting: the caller can launch the next batch before
+        :meth:`finish_encode` collects this one, so the GPU never idles between them."""
         parts = [_encode_splitting(m, x) for m, x in zip(self.members, inputs, strict=True)]
-        return torch.cat(parts, dim=1).cpu().numpy()
+        out = torch.cat(parts, dim=1)
+        if out.device.type != "cuda":
+            return (out, None, None)
+        host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+        host.copy_(out, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return (host, done, out)  # ``out`` lives until the copy has read it
+
+    @staticmethod
+    def finish_encode(handle: tuple[Any, ...]) -> np.ndarray:
+        """The vectors of a :meth:`start_encode`, once they have reached the host."""
+        host, done, _ = handle
+        if done is not None:
+            done.synchronize()
+        return host.numpy()
 
     def describe(self) -> dict[str, Any]:
         """The model configuration recorded in the dataset."""

@@ -121,14 +121,29 @@ def embed_items(
     interval = sys.getswitchinterval()
     sys.setswitchinterval(min(interval, 0.0005))
     try:
+        # batch k+1 is launched before batch k's vectors are collected (and its rows
+        # built and written), so the GPU does not wait on that host work; batch k's
+        # inputs stay referenced until then, as its kernels may still read them
+        pending = None
         for window, inputs, event in _tensor_stages(windows, embedder, policy):
             if event is not None:
                 torch.cuda.current_stream(embedder.device).wait_event(event)
-            vectors = embedder.encode_inputs(inputs) if inputs else np.zeros(
-                (0, embedder.dim), np.float32)
-            yield _rows(window, vectors, embedder, run_id, on_rows)
+            started = (window, inputs, embedder.start_encode(inputs) if inputs else None)
+            if pending is not None:
+                yield _finish(pending, embedder, run_id, on_rows)
+            pending = started
+        if pending is not None:
+            yield _finish(pending, embedder, run_id, on_rows)
     finally:
         sys.setswitchinterval(interval)
+
+
+def _finish(pending: tuple[list[Prepared], list[torch.Tensor], Any], embedder: Embedder,
+            run_id: str, on_rows: Callable[[int], None] | None) -> pa.RecordBatch:
+    window, _inputs, handle = pending
+    vectors = (embedder.finish_encode(handle) if handle is not None
+               else np.zeros((0, embedder.dim), np.float32))
+    return _rows(window, vectors, embedder, run_id, on_rows)
 
 
 def _use_tensor_path(preprocess: str, embedder: Embedder) -> bool:
