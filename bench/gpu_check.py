@@ -79,6 +79,11 @@ def fidelity(items, device, names) -> dict:
         table = pa.Table.from_batches(batches)
         got = np.stack(table.column("embedding").to_pylist())
         cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+        # half the JPEGs decoded and resized by the readers (runtime.cpu_decode_share)
+        shared = pa.Table.from_batches(list(embed_items(
+            items, emb, read_bytes, "fid", 64, 8, preprocess="tensor", cpu_share=0.5)))
+        got_s = np.stack(shared.column("embedding").to_pylist())
+        cos_s = (ref * got_s).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got_s, axis=1)
         mb = _member(name, device, "bf16")
         bf = Embedder([mb]).embed(pil)
         cos_bf = (ref * bf).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(bf, axis=1)
@@ -87,6 +92,7 @@ def fidelity(items, device, names) -> dict:
                      "tensor_vs_pil_fp32_min_cos": float(cos.min()),
                      "tensor_vs_pil_fp32_mean_cos": float(cos.mean()),
                      "rotated_min_cos": float(cos[rot].min()) if rot.any() else None,
+                     "cpu_share_half_min_cos": float(cos_s.min()),
                      "bf16_vs_fp32_min_cos": float(cos_bf.min()),
                      "bf16_vs_fp32_mean_cos": float(cos_bf.mean())}
         _log(f"fidelity {name}: {out[name]}")
