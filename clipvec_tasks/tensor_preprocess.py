@@ -115,12 +115,11 @@ class TensorTransform:
         """uint8 [3, H, W] images (any sizes, one device) -> normalised [B, 3, crop, crop].
 
         With ``CLIPVEC_FUSED_RESIZE=1``, a GPU runs this as two fused Triton kernel
-        launches (:mod:`resize_kernel`, checked against this code on its first batch).
-        Otherwise images are resized in
-        groups of similar size, so that padding each group to its own largest image
-        wastes little of the matrix products' work. Nothing here
-        waits for the device: the geometry is worked out on the host and sent in one
-        pinned, non-blocking copy, so the caller's thread runs ahead of the GPU.
+        launches (:mod:`resize_kernel`, checked against :meth:`matmul` on its first
+        batch). Otherwise images are resized in groups of similar size, so that padding
+        each group to its own largest image wastes little of the matrix products' work.
+        Nothing here waits for the device: the geometry is worked out on the host and
+        sent in one pinned, non-blocking copy, so the caller's thread runs ahead.
         """
         dev = images[0].device
         if dev.type == "cuda" and _FUSED["ok"]:
@@ -137,11 +136,9 @@ class TensorTransform:
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
         geo = [self.geometry(h, w) for h, w in sizes]
         order = sorted(range(n), key=lambda i: (geo[i][4], sizes[i]))
-        groups = [order[s:s + group] for s in range(0, n, group)]
-        if len({geo[i][4] for i in order}) > 1:  # a group runs its passes in one order
-            groups = [g for v in (False, True) for g in _chunks(
-                [i for i in order if geo[i][4] == v], group)]
-            order = [i for g in groups for i in g]
+        # groups of similar sizes, each running its two passes in one order
+        groups = [g for v in (False, True)
+                  for g in _chunks([i for i in order if geo[i][4] == v], group)]
         geometry = torch.tensor([(*sizes[i], *geo[i][:4], i) for i in order], dtype=torch.int64)
         if dev.type == "cuda":
             geometry = geometry.pin_memory().to(dev, non_blocking=True)
