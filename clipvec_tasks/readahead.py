@@ -27,7 +27,8 @@ from .sources import SourceItem
 
 @dataclass(slots=True)
 class Read:
-    """What a worker sends back for one input."""
+    """What a worker sends back for one input: plain, picklable values without torch.
+    ``shard.Prepared`` is the row it becomes (same outcome fields, plus device tensors)."""
 
     status: str
     error: str | None = None

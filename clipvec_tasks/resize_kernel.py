@@ -79,7 +79,7 @@ def _kernel() -> Any:
 
 def fused_resize(t: Any, images: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     """``t`` (a TensorTransform) applied to uint8 [3, H, W] images in two kernel launches."""
-    from .tensor_preprocess import band_weights, max_taps
+    from .tensor_preprocess import band_weights, max_taps, upload
 
     dev, n, crop = images[0].device, len(images), t.crop
     src = torch.cat([im.reshape(-1) for im in images])
@@ -107,8 +107,7 @@ def fused_resize(t: Any, images: list[torch.Tensor], dtype: torch.dtype) -> torc
                         t.interpolation), 1)
     host = torch.tensor([p1, p2], dtype=torch.int64)  # [2, n, 10]: each pass's params
     axes = torch.tensor([axes1, axes2], dtype=torch.int64)  # [2, n, 3]: in, out, start
-    if dev.type == "cuda":
-        host, axes = (x.pin_memory().to(dev, non_blocking=True) for x in (host, axes))
+    host, axes = upload(host, dev), upload(axes, dev)
     first1, w1 = band_weights(axes[0, :, 0], axes[0, :, 1], axes[0, :, 2], crop, taps,
                               t.interpolation)
     first2, w2 = band_weights(axes[1, :, 0], axes[1, :, 1], axes[1, :, 2], crop, taps,

@@ -40,6 +40,7 @@ from .embedder import Embedder
 from .jpeg import decode_jpegs_on_device
 from .readahead import Read, fetch
 from .sources import SourceItem
+from .tensor_preprocess import upload
 
 
 @dataclass(slots=True)
@@ -206,11 +207,8 @@ def _record(stream: Any) -> Any:
 
 
 def _to_device(x: np.ndarray | list[int], device: torch.device) -> torch.Tensor:
-    """A host array on ``device``, through pinned memory without waiting on a GPU."""
     t = torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.tensor(x, dtype=torch.int64)
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t
+    return upload(t, device)
 
 
 def _decode_window(window: list[Prepared], device: torch.device, policy: DecodePolicy,

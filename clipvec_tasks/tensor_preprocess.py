@@ -139,9 +139,8 @@ class TensorTransform:
         # groups of similar sizes, each running its two passes in one order
         groups = [g for v in (False, True)
                   for g in _chunks([i for i in order if geo[i][4] == v], group)]
-        geometry = torch.tensor([(*sizes[i], *geo[i][:4], i) for i in order], dtype=torch.int64)
-        if dev.type == "cuda":
-            geometry = geometry.pin_memory().to(dev, non_blocking=True)
+        geometry = upload(torch.tensor([(*sizes[i], *geo[i][:4], i) for i in order],
+                                       dtype=torch.int64), dev)
         hs, ws, new_h, new_w, top, left, pos = geometry.unbind(1)
         hmax, wmax = max(h for h, _ in sizes), max(w for _, w in sizes)
         rows = [geo[i] for i in order]
@@ -191,6 +190,14 @@ class TensorTransform:
             return _to_8bit(out.reshape(b, 3, self.crop, self.crop))
         tmp = _to_8bit(torch.bmm(batch.reshape(b, 3 * h, w), rw.transpose(1, 2)))
         return _to_8bit(torch.einsum("bjh,bchi->bcji", rh, tmp.reshape(b, 3, h, self.crop)))
+
+
+def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``; to a GPU through pinned memory, without waiting for it
+    (a copy from pageable memory would wait for the stream's earlier work)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _to_8bit(x: torch.Tensor) -> torch.Tensor:
