@@ -14,6 +14,8 @@ from ..registry import ModelSpec
 from ..weights import ResolvedWeights
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# keys that OpenAI's checkpoints carry beside the parameters
+NON_PARAMS = ("input_resolution", "context_length", "vocab_size")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -10,10 +11,7 @@ import torch
 
 from ..registry import ModelSpec
 from ..weights import ResolvedWeights, WeightsRef, expected_hash, fetch_tag, load_state_dict
-from .base import ensure_materialized, seeded
-
-# keys that OpenAI's TorchScript checkpoints carry beside the parameters
-_NON_PARAMS = ("input_resolution", "context_length", "vocab_size")
+from .base import NON_PARAMS, ensure_materialized, seeded
 
 
 def _pretrained_cfg(arch: str, tag: str) -> dict[str, Any]:
@@ -59,22 +57,25 @@ def build(spec: ModelSpec, weights: ResolvedWeights) -> tuple[torch.nn.Module, A
     pcfg = _pretrained_cfg(spec.arch, tag) if weights.ref.kind == "tag" \
         else open_clip.get_pretrained_cfg(spec.arch, tag) or {}
     seeded(weights.ref.seed)
+    empty = weights.path is not None
     logging.disable(logging.WARNING)  # open_clip warns on root that no weights were loaded
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.arch,
-            pretrained=None,
-            image_mean=pcfg.get("mean"),
-            image_std=pcfg.get("std"),
-            image_interpolation=pcfg.get("interpolation"),
-            image_resize_mode=pcfg.get("resize_mode"),
-            # with a file to load, skip random initialisation: build empty, then assign
-            device="meta" if weights.path is not None else "cpu",
-        )
+        # with a file to load, skip random initialisation (a second for ViT-B/32): build on
+        # the meta device (open_clip's device= alone builds on the CPU, then moves), assign
+        with torch.device("meta") if empty else contextlib.nullcontext():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.arch,
+                pretrained=None,
+                image_mean=pcfg.get("mean"),
+                image_std=pcfg.get("std"),
+                image_interpolation=pcfg.get("interpolation"),
+                image_resize_mode=pcfg.get("resize_mode"),
+                device="meta" if empty else "cpu",
+            )
     finally:
         logging.disable(logging.NOTSET)
     if weights.path is not None:
-        sd = {k: v for k, v in load_state_dict(weights.path).items() if k not in _NON_PARAMS}
+        sd = {k: v for k, v in load_state_dict(weights.path).items() if k not in NON_PARAMS}
         model.load_state_dict(sd, strict=True, assign=True)
         ensure_materialized(model.visual, spec.name)
     size = model.visual.image_size
@@ -101,7 +102,7 @@ def build_text(spec: ModelSpec, weights: ResolvedWeights):
     finally:
         logging.disable(logging.NOTSET)
     if weights.path is not None:
-        sd = {k: v for k, v in load_state_dict(weights.path).items() if k not in _NON_PARAMS}
+        sd = {k: v for k, v in load_state_dict(weights.path).items() if k not in NON_PARAMS}
         model.load_state_dict(sd, strict=True)
     tokenizer = open_clip.get_tokenizer(spec.arch)
     model.eval()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
 
 from ..registry import ModelSpec
 from ..weights import ResolvedWeights, WeightsRef, expected_hash, fetch_tag, load_state_dict
-from .base import seeded
+from .base import NON_PARAMS, ensure_materialized, seeded
 
 # clip.model.CLIP's constructor arguments per architecture (what build_model
 # infers from a checkpoint's shapes), used to build seeded random weights
@@ -62,8 +63,20 @@ def build(spec: ModelSpec, weights: ResolvedWeights) -> tuple[torch.nn.Module, A
     import clip
 
     seeded(weights.ref.seed)
-    sd = random_state_dict(spec.arch) if weights.path is None else load_state_dict(weights.path)
-    model = clip.model.build_model(dict(sd)).float()
+    if weights.path is None:
+        model = clip.model.build_model(random_state_dict(spec.arch)).float()
+    else:
+        sd = load_state_dict(weights.path)
+        # built empty on the meta device (no random initialisation to throw away), then
+        # the file's tensors assigned: the values build_model itself would copy in
+        with torch.device("meta"), warnings.catch_warnings():
+            # build_model's own copy into the empty model is a no-op, and says so per key
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+            model = clip.model.build_model(dict(sd))
+        model.load_state_dict({k: v for k, v in sd.items() if k not in NON_PARAMS},
+                              strict=True, assign=True)
+        model = model.float()
+        ensure_materialized(model.visual, spec.name)
     size = model.visual.input_resolution
     record = {
         "library": "clip",
@@ -81,8 +94,20 @@ def build_text(spec: ModelSpec, weights: ResolvedWeights):
     import clip
 
     seeded(weights.ref.seed)
-    sd = random_state_dict(spec.arch) if weights.path is None else load_state_dict(weights.path)
-    model = clip.model.build_model(dict(sd)).float().eval()
+    if weights.path is None:
+        model = clip.model.build_model(random_state_dict(spec.arch)).float()
+    else:
+        sd = load_state_dict(weights.path)
+        # built empty on the meta device (no random initialisation to throw away), then
+        # the file's tensors assigned: the values build_model itself would copy in
+        with torch.device("meta"), warnings.catch_warnings():
+            # build_model's own copy into the empty model is a no-op, and says so per key
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
+            model = clip.model.build_model(dict(sd))
+        model.load_state_dict({k: v for k, v in sd.items() if k not in NON_PARAMS},
+                              strict=True, assign=True)
+        model = model.float()
+        ensure_materialized(model.visual, spec.name).eval()
 
     def encode(texts: list[str]) -> torch.Tensor:
         with torch.inference_mode():
