@@ -146,5 +146,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         pass
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The installed ``clipvec`` command: :func:`main`, then a quick exit."""
     main()
+    from .runtime import freeze_heap_before_exit
+
+    freeze_heap_before_exit()
+
+
+if __name__ == "__main__":
+    entry()

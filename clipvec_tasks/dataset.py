@@ -72,6 +72,12 @@ def rows_to_batch(rows: Sequence[Prepared], vectors: np.ndarray, dim: int,
     return pa.RecordBatch.from_arrays(list(cols.values()), schema=schema(dim))
 
 
+def import_lance() -> None:
+    """Import Lance now rather than at the first read or write (it is imported lazily so that
+    commands which never touch a dataset do not pay for it)."""
+    import lance  # noqa: F401
+
+
 def open_dataset(uri: str, storage_options: dict[str, Any] | None = None
                  ) -> lance.LanceDataset | None:
     """The dataset at ``uri``, or None when there is none yet."""

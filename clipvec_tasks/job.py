@@ -214,6 +214,14 @@ def get_embedder(job: JobConfig) -> Embedder:
         return _EMBEDDERS[key]
 
 
+def warm_up(job: JobConfig) -> None:
+    """Load what a run's first shard needs before it starts (the flow does this while
+    Prefect's local API boots): the model, then the dataset library (Lance's first import
+    takes a few tenths of a second)."""
+    get_embedder(job)
+    dataset.import_lance()
+
+
 def _read_processes(job: JobConfig) -> int:
     """Reader processes for the GPU path: on machines with cores to spare, unless set."""
     if job.read_processes is not None:

@@ -232,7 +232,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
 
 def _prewarm(job: J.JobConfig, errors: list[BaseException]) -> None:
     try:
-        J.get_embedder(job)
+        J.warm_up(job)
     except BaseException as e:  # handed to the caller's thread
         errors.append(e)
 
@@ -296,3 +296,6 @@ def _die(e: ClipvecError) -> None:
 
 if __name__ == "__main__":
     main()
+    from clipvec_tasks.runtime import freeze_heap_before_exit
+
+    freeze_heap_before_exit()
