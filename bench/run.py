@@ -7,13 +7,22 @@ all measured in one run on one machine.
 It builds a realistic JPEG corpus with ../shared/tools/make_corpus.py (or takes
 --corpus), saves a random-weights ViT-B/32 checkpoint (no weights can be
 downloaded), then times, as whole processes: the seed's one-image loop,
-``flows/vectorize.py`` (start-up, Prefect and the commit included), and the
-model alone. Results: a table on stdout and JSON in --out.
+clip-retrieval's inference where an interpreter has it (``--clip-retrieval``; it pins
+numpy<2 and pyarrow<16, so it lives in a venv of its own), ``flows/vectorize.py``
+(start-up, Prefect and the commit included) twice: first on a fresh Prefect home,
+whose database Prefect creates on first use, then again as later runs find it, and
+the model alone. Results: a table on stdout and JSON in --out.
+
+    python -m venv --system-site-packages ../crvenv
+    ../crvenv/bin/pip install clip-retrieval "setuptools<81"
+    python bench/run.py --n 384 --clip-retrieval ../crvenv/bin/python
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -59,6 +68,31 @@ def _checkpoint() -> Path:
     return path
 
 
+def _clip_retrieval_python(arg: str | None) -> str | None:
+    """The interpreter to run clip-retrieval with: --clip-retrieval, else this one if it has it."""
+    if arg:
+        return arg
+    return sys.executable if importlib.util.find_spec("clip_retrieval") else None
+
+
+def _clip_retrieval(python: str, corpus: Path, ckpt: Path, out: Path, args: argparse.Namespace,
+                    n_images: int) -> float:
+    """clip-retrieval's inference over the corpus (image embeddings only, same checkpoint,
+    same batch size, one preprocessing worker per core); its wall time."""
+    wall, _ = _timed([python, "-m", "clip_retrieval.cli", "inference",
+                      "--input_dataset", str(corpus), "--output_folder", str(out),
+                      "--clip_model", f"open_clip:ViT-B-32/{ckpt.resolve()}",
+                      "--enable_text", "False", "--batch_size", str(args.batch_size),
+                      "--num_prepro_workers", str(os.cpu_count() or 1)])
+    import numpy as np
+
+    rows = sum(np.load(f).shape[0] for f in sorted((out / "img_emb").glob("*.npy")))
+    if rows != n_images:
+        sys.exit(f"clip-retrieval embedded {rows} of {n_images} images")
+    shutil.rmtree(out, ignore_errors=True)
+    return wall
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", type=int, default=384)
@@ -70,24 +104,36 @@ def main() -> None:
     p.add_argument("--baseline-limit", type=int, default=None,
                    help="images for the seed loop (it is slow on a GPU)")
     p.add_argument("--extra", nargs="*", default=[], help="more vectorize.py overrides")
+    p.add_argument("--clip-retrieval", default=None, metavar="PYTHON",
+                   help="an interpreter with clip-retrieval installed (default: this one, "
+                        "if it has it; else clip-retrieval is left out)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="clipvec-bench-"))
     corpus, ckpt = _corpus(args, work), _checkpoint()
     n_images = sum(1 for _ in corpus.rglob("*.jpg"))
-    env = {"PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cr_python = _clip_retrieval_python(args.clip_retrieval)
     rows = []
     for rep in range(args.repeat):
+        env = {"PREFECT_HOME": str(work / f"prefect{rep}"),
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         limit = [str(args.baseline_limit)] if args.baseline_limit else []
         wall, out = _timed([sys.executable, "bench/seed_loop.py", str(corpus), str(ckpt),
                             args.device, "fp32", *limit], env)
         seed = json.loads(out.strip().splitlines()[-1])
-        sink = work / f"run{rep}.lance"
-        cmd = [sys.executable, "flows/vectorize.py", f"source.uri={corpus}", f"sink.uri={sink}",
-               "model=open_clip_vit_b32", f"model.members.0.pretrained={ckpt}",
-               f"runtime.device={args.device}", f"runtime.precision={args.precision}",
-               f"runtime.batch_size={args.batch_size}", *args.extra]
-        cv_wall, cv_out = _timed(cmd, env)
+        cr_wall = (_clip_retrieval(cr_python, corpus, ckpt, work / f"cr{rep}", args, n_images)
+                   if cr_python and not args.baseline_limit else None)
+        walls = []
+        for attempt in ("first", "later"):  # fresh Prefect home, then the one it made
+            sink = work / f"run{rep}-{attempt}.lance"
+            cmd = [sys.executable, "flows/vectorize.py", f"source.uri={corpus}",
+                   f"sink.uri={sink}", "model=open_clip_vit_b32",
+                   f"model.members.0.pretrained={ckpt}", f"runtime.device={args.device}",
+                   f"runtime.precision={args.precision}", f"runtime.batch_size={args.batch_size}",
+                   *args.extra]
+            cv_wall, cv_out = _timed(cmd, env)
+            walls.append(cv_wall)
+            shutil.rmtree(sink, ignore_errors=True)
         m = re.search(r"([\d.]+) s in the flow, ([\d.]+) img/s", cv_out)
         steady = re.search(r"steady ([\d.]+) img/s", cv_out)
         _, mo = _timed([sys.executable, "bench/model_only.py", "open_clip_vit_b32", str(ckpt),
@@ -95,15 +141,15 @@ def main() -> None:
         rows.append({
             "seed_loop_wall_s": round(wall, 2),
             "seed_loop_img_per_s": round(seed["img_per_s"], 1),
-            "clipvec_wall_s": round(cv_wall, 2),
+            "clip_retrieval_wall_s": round(cr_wall, 2) if cr_wall else None,
+            "clipvec_first_run_wall_s": round(walls[0], 2),
+            "clipvec_wall_s": round(walls[1], 2),
             "clipvec_flow_img_per_s": float(m.group(2)) if m else None,
             "clipvec_steady_img_per_s": float(steady.group(1)) if steady else None,
             "model_only_img_per_s": round(json.loads(mo.strip().splitlines()[-1])["img_per_s"], 1),
         })
-        shutil.rmtree(sink, ignore_errors=True)
     result = {
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                   f"{os.cpu_count()} cores",
+        "machine": _machine(),
         "device": args.device, "precision": args.precision, "batch_size": args.batch_size,
         "images": n_images, "baseline_images": args.baseline_limit or n_images, "runs": rows,
     }
@@ -113,14 +159,38 @@ def main() -> None:
         result["gpu"] = torch.cuda.get_device_name(0)
     print(json.dumps(result, indent=1))
     for r in rows:
-        ratio = r["seed_loop_wall_s"] / r["clipvec_wall_s"] if not args.baseline_limit else None
-        print(f"whole process: seed loop {r['seed_loop_wall_s']} s, clipvec {r['clipvec_wall_s']} s"
-              + (f" ({ratio:.2f}x)" if ratio else "")
-              + f"; steady: clipvec {r['clipvec_steady_img_per_s']} img/s vs model-only "
-              f"{r['model_only_img_per_s']} img/s; seed loop {r['seed_loop_img_per_s']} img/s")
+        print(_report(r, whole=not args.baseline_limit))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _machine() -> str:
+    """The CPU's model name, core count and whether it has bf16 instructions."""
+    name, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    bf16 = "with" if flags & {"avx512_bf16", "amx_bf16"} else "without"
+    return f"{name}, {os.cpu_count()} cores, {bf16} AVX-512 BF16/AMX"
+
+
+def _report(r: dict, whole: bool) -> str:
+    """One run's comparison: whole processes (ratios to clipvec's later run) and steady state."""
+    first, later = r["clipvec_first_run_wall_s"], r["clipvec_wall_s"]
+    parts = [f"whole process: clipvec {later} s (first run on a fresh Prefect home {first} s)"]
+    for name, key in (("seed loop", "seed_loop_wall_s"),
+                      ("clip-retrieval", "clip_retrieval_wall_s")):
+        if whole and r.get(key):
+            parts.append(f"{name} {r[key]} s ({r[key] / later:.2f}x; {r[key] / first:.2f}x "
+                         "against the first run)")
+    return ("; ".join(parts) + f"\nsteady: clipvec {r['clipvec_steady_img_per_s']} img/s vs "
+            f"model-only {r['model_only_img_per_s']} img/s; seed loop "
+            f"{r['seed_loop_img_per_s']} img/s")
 
 
 if __name__ == "__main__":
