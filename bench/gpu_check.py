@@ -131,7 +131,7 @@ def prep_only(items, embedder, bs: int, read_processes: int) -> dict:
 
 def job_e2e(corpus: str, names: list[str], sink: Path, bs: int | None,
             shard_size: int | None, read_processes: int | None, device: str = "cuda",
-            precision: str = "bf16", cpu_decode_share: float = 0.0) -> dict:
+            precision: str = "bf16", cpu_decode_share: float | None = 0.0) -> dict:
     """list -> plan -> shards into Lance fragments -> one commit: what the flow's tasks do."""
     import lance
 
@@ -151,6 +151,12 @@ def job_e2e(corpus: str, names: list[str], sink: Path, bs: int | None,
     rows = lance.dataset(str(sink)).count_rows()
     return {"images": rows, "shards": len(results), "version": version,
             "seconds": round(dt, 2), "img_per_s": round(rows / dt, 1)}
+
+
+def _shares(arg: str) -> list[float | None]:
+    """runtime.cpu_decode_share values from a comma list: numbers above 0, or auto (None)."""
+    return [None if x == "auto" else float(x) for x in arg.split(",")
+            if x and (x == "auto" or float(x) > 0)]
 
 
 def e2e_pair(corpus, names, sink, **kw) -> dict:
@@ -190,8 +196,10 @@ def main() -> None:
                    help="shard sizes tried with the first model, besides auto")
     p.add_argument("--fused", default="0,1",
                    help="the GPU resize as matrix products (0) and as fused Triton kernels (1)")
-    p.add_argument("--cpu-shares", default="0.1,0.2",
+    p.add_argument("--cpu-shares", default="0.1,0.2,auto",
                    help="runtime.cpu_decode_share values tried with the first model")
+    p.add_argument("--model-shares", default="auto",
+                   help="runtime.cpu_decode_share values also tried (warm) with the other models")
     p.add_argument("--seed-images", type=int, default=0)
     p.add_argument("--work", default="/tmp/clipvec-bench")
     p.add_argument("--out", default="gpu_check.json")
@@ -247,13 +255,13 @@ def main() -> None:
     best = max(result["e2e_" + first].items(), key=lambda kv: kv[1]["warm"]["img_per_s"])[0]
     rp = int(best.split(",")[0].split("=")[1])
     result["fused_resize"] = TP._FUSED["ok"]
-    shares = [float(x) for x in args.cpu_shares.split(",") if x and float(x) > 0]
+    shares = _shares(args.cpu_shares)
     if shares:
         result["cpu_decode_share_" + first] = {}
         for share in shares:
             r = e2e_pair(args.corpus, [first], sink, shard_size=None, read_processes=rp,
                          cpu_decode_share=share, **run_kw)
-            result["cpu_decode_share_" + first][str(share)] = r
+            result["cpu_decode_share_" + first][str(share or "auto")] = r
             _log(f"{first} cpu_decode_share={share}: {r}")
             save()
     result["chosen_read_processes"] = rp
@@ -267,6 +275,11 @@ def main() -> None:
         r = e2e_pair(args.corpus, [name], sink, shard_size=None, read_processes=rp, **run_kw)
         r["model_only_img_per_s"] = round(bound, 1)
         r["fraction_of_bound"] = round(r["warm"]["img_per_s"] / bound, 3)
+        for share in _shares(args.model_shares):  # warm: the model is loaded, readers up
+            w = job_e2e(args.corpus, [name], sink, shard_size=None, read_processes=rp,
+                        cpu_decode_share=share, **run_kw)
+            w["fraction_of_bound"] = round(w["img_per_s"] / bound, 3)
+            r.setdefault("cpu_decode_share", {})[str(share or "auto")] = w
         result["models"][name] = r
         _log(f"{name}: {r}")
         save()

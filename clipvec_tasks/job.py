@@ -48,7 +48,8 @@ class JobConfig:
     preprocess: str = "auto"  # auto (tensor on GPU, pil on CPU), pil, tensor
     compile: bool = False  # torch.compile each member's tower
     read_processes: int | None = None  # GPU path: reader processes (None: auto)
-    cpu_decode_share: float = 0.0  # GPU path: share of JPEGs the readers decode and resize
+    # GPU path: share of JPEGs the readers decode and resize; None: auto (steered)
+    cpu_decode_share: float | None = 0.0
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> JobConfig:
@@ -106,13 +107,16 @@ def _auto_int(key: str, value: object) -> int | None:
     return n
 
 
-def _share(value: object) -> float:
+def _share(value: object) -> float | None:
+    if value == "auto":
+        return None
     try:
         share = float(value or 0.0)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         share = -1.0
     if not 0.0 <= share <= 1.0:
-        raise ClipvecError(f"runtime.cpu_decode_share must be between 0 and 1, not '{value}'.")
+        raise ClipvecError(f"runtime.cpu_decode_share must be auto or between 0 and 1, "
+                           f"not '{value}'.")
     return share
 
 

@@ -95,6 +95,41 @@ def read_chunk(items: list[SourceItem], read: Callable[[str], bytes], policy: De
                      > int(k * cpu_share)) for k, i in enumerate(items)]
 
 
+class ShareControl:
+    """``runtime.cpu_decode_share=auto``: the share of JPEGs the reader processes decode
+    and resize, steered so that they stay just ahead of the GPU stages.
+
+    The consumer reports, for each chunk it takes, whether it had to wait for it. A
+    chunk that was ready means the readers have time to spare: the share grows, by
+    doubling until the first time they fall behind, then by one image per chunk. A
+    wait means they are behind: the share halves, and further waits are ignored until
+    the chunks submitted before that cut have been taken (they still carry the old
+    share). Readers that fall behind for other reasons (slow reads from a bucket,
+    their own start-up) bring the share down too, as they should.
+    """
+
+    def __init__(self, chunk: int, in_flight: int, start: float = 0.0) -> None:
+        self.share = start
+        self._step = 1.0 / chunk
+        self._in_flight = in_flight  # chunks submitted ahead of the one being taken
+        self._hold = 0
+        self._ramping = True
+
+    def observe(self, waited: bool) -> None:
+        if self._hold > 0:
+            self._hold -= 1
+            if waited:
+                return
+        elif waited:
+            if self.share > 0:
+                self._ramping = False
+            self.share = self.share / 2 if self.share > self._step else 0.0
+            self._hold = self._in_flight
+            return
+        grown = max(self._step, 2 * self.share) if self._ramping else self.share + self._step
+        self.share = min(1.0, grown)
+
+
 _POOLS: dict[int, ProcessPoolExecutor] = {}
 
 

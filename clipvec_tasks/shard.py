@@ -38,7 +38,7 @@ from .dataset import rows_to_batch
 from .decode import DecodePolicy, decode_image
 from .embedder import Embedder
 from .jpeg import decode_jpegs_on_device
-from .readahead import Read, fetch
+from .readahead import Read, ShareControl, fetch
 from .sources import SourceItem
 from .tensor_preprocess import upload
 
@@ -97,14 +97,14 @@ def embed_items(
     on_rows: Callable[[int], None] | None = None,
     preprocess: str = "auto",
     read_processes: int = 0,
-    cpu_share: float = 0.0,
+    cpu_share: float | None = 0.0,
 ) -> Iterator[pa.RecordBatch]:
     """Yield one Arrow batch per model batch, rows in input order.
 
     On the tensor path, ``read_processes`` > 0 reads ahead in that many spawned
     worker processes instead of threads (``read`` must then pickle), and
     ``cpu_share`` of the JPEGs are decoded and resized by the readers with Pillow
-    rather than on the GPU.
+    rather than on the GPU; None steers that share (``readahead.ShareControl``).
     """
     policy = policy or DecodePolicy()
     tensor_path = _use_tensor_path(preprocess, embedder)
@@ -268,7 +268,7 @@ def _cpu_fallback(p: Prepared, policy: DecodePolicy) -> None:
 def prepared_stream(items: Iterable[SourceItem], embedder: Embedder,
                     read: Callable[[str], bytes], policy: DecodePolicy, tensor_path: bool,
                     batch_size: int, workers: int | None = None, read_processes: int = 0,
-                    cpu_share: float = 0.0) -> Iterator[Prepared]:
+                    cpu_share: float | None = 0.0) -> Iterator[Prepared]:
     """Inputs read (and, on the PIL path, decoded and preprocessed) ahead, in input order."""
     if tensor_path:
         from .readahead import read_chunk
@@ -279,11 +279,16 @@ def prepared_stream(items: Iterable[SourceItem], embedder: Embedder,
             from .readahead import pool
 
             executor = pool(read_processes)
-            reads = _read_ahead(items, lambda b: executor.submit(read_chunk, b, read, policy,
-                                                                 specs, cpu_share),
-                                max(2 * batch_size, 16 * read_processes), chunk=32)
+            lookahead, chunk = max(2 * batch_size, 16 * read_processes), 32
+            control = None if cpu_share is not None else ShareControl(chunk, lookahead // chunk)
+            reads = _read_ahead(items, lambda b: executor.submit(
+                read_chunk, b, read, policy, specs,
+                control.share if control is not None else cpu_share), lookahead, chunk,
+                control.observe if control is not None else None)
             yield from (_from_read(i, r) for i, r in reads)
             return
+        # auto: 0 with reader threads, whose decodes would hold the interpreter lock
+        cpu_share = cpu_share or 0.0
         # these readers only read and parse headers: a few threads keep up, and more only
         # contend for the GIL with the GPU staging thread (H100: 2 beat 4, 8 and 16)
         workers = workers or min(2, os.cpu_count() or 2)
@@ -304,11 +309,13 @@ def prepared_stream(items: Iterable[SourceItem], embedder: Embedder,
 
 def _read_ahead(items: Iterable[SourceItem],
                 submit: Callable[[list[SourceItem]], Future[list[Any]]], lookahead: int,
-                chunk: int) -> Iterator[tuple[SourceItem, Any]]:
+                chunk: int, on_take: Callable[[bool], None] | None = None,
+                ) -> Iterator[tuple[SourceItem, Any]]:
     """(item, result) in input order, about ``lookahead`` items in flight.
 
     Items are submitted in chunks, so that per-future overhead (and the GIL it
-    takes) is paid once per chunk rather than once per image.
+    takes) is paid once per chunk rather than once per image. ``on_take`` hears, for
+    each chunk taken, whether it had to be waited for.
     """
     pending: deque[tuple[list[SourceItem], Future[list[Any]]]] = deque()
     it = iter(items)
@@ -322,6 +329,8 @@ def _read_ahead(items: Iterable[SourceItem],
             if not pending:
                 return
             block, future = pending.popleft()
+            if on_take is not None:
+                on_take(not future.done())
             yield from zip(block, future.result(), strict=True)
     finally:
         for _, f in pending:

@@ -279,8 +279,9 @@ def test_reader_processes_give_the_same_rows(image_dir, tmp_path):
     np.testing.assert_allclose(np.stack(a.embedding[ok]), np.stack(b.embedding[ok]), atol=1e-5)
 
 
-@pytest.mark.parametrize("read_processes", [0, 2])
-def test_share_resized_by_the_readers_gives_the_same_rows(image_dir, tmp_path, read_processes):
+@pytest.mark.parametrize("read_processes,share", [(0, 0.5), (2, 0.5), (2, "auto")])
+def test_share_resized_by_the_readers_gives_the_same_rows(image_dir, tmp_path, read_processes,
+                                                          share):
     """JPEGs the readers decode and resize with Pillow (runtime.cpu_decode_share) give the
     rows and vectors of the device path, an ensemble's two crop sizes included."""
     for i in range(5):
@@ -288,7 +289,7 @@ def test_share_resized_by_the_readers_gives_the_same_rows(image_dir, tmp_path, r
     cfg = dict(model=["tiny_clip", "resnet18"], preprocess="tensor",
                read_processes=read_processes)
     run(job_config(image_dir, tmp_path / "gpu.lance", **cfg))
-    run(job_config(image_dir, tmp_path / "cpu.lance", cpu_decode_share=0.5, **cfg))
+    run(job_config(image_dir, tmp_path / "cpu.lance", cpu_decode_share=share, **cfg))
     a = _table(tmp_path / "gpu.lance").set_index("id").sort_index()
     b = _table(tmp_path / "cpu.lance").set_index("id").sort_index()
     assert list(a.status) == list(b.status) and list(a.width) == list(b.width)
