@@ -25,6 +25,11 @@ from pathlib import Path
 
 _proc: subprocess.Popen[bytes] | None = None
 _url: str | None = None
+_new_database: Path | None = None  # the database the early server creates on first start
+
+
+def _home() -> Path:
+    return Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
 
 
 def _api_configured() -> bool:
@@ -32,8 +37,7 @@ def _api_configured() -> bool:
         return True
     if os.environ.get("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "").lower() in ("0", "false"):
         return True
-    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", _home() / "profiles.toml")).expanduser()
     if not path.is_file():
         return False
     try:
@@ -46,7 +50,7 @@ def _api_configured() -> bool:
 
 def start_early() -> None:
     """Launch the temporary API server now and point this process's Prefect at it."""
-    global _proc, _url
+    global _proc, _url, _new_database
     if _api_configured():
         return
     spec = importlib.util.find_spec("prefect")
@@ -63,6 +67,9 @@ def start_early() -> None:
          "--log-level", "error", "--lifespan", "on"],
         env=env, stdin=subprocess.DEVNULL,
     )
+    database = _home() / "prefect.db"  # Prefect's default, unless another one is set
+    if not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") and not database.exists():
+        _new_database = database
     _url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = _url
     atexit.register(stop)
@@ -75,6 +82,16 @@ def server_env(environ: Mapping[str, str]) -> dict[str, str]:
     is off unless the environment says otherwise."""
     return {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **environ, "PREFECT_UI_ENABLED": "0",
             "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+
+def starting_note() -> str | None:
+    """What the early server is doing, for the user waiting on it; None when there is none."""
+    if _proc is None:
+        return None
+    if _new_database is not None:
+        return (f"Prefect's local API is starting; its first start creates its database "
+                f"({_new_database}): about 10 s, once")
+    return "Prefect's local API is starting"
 
 
 def wait(timeout: float | None = None) -> None:

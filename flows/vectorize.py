@@ -208,6 +208,10 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     job = J.JobConfig.from_dict(config)
     J.preflight(job)
     runner = _task_runner(config.get("runtime", {}))
+    note = local_api.starting_note()
+    if note and sys.stderr.isatty():  # the seconds before the first log line, explained
+        models = ", ".join(m.name for m in job.members)
+        print(f"clipvec: loading {models}; {note}...", file=sys.stderr, flush=True)
     if isinstance(runner, ThreadPoolTaskRunner):
         # load the model while Prefect's local API starts: both take seconds; the shard
         # tasks of this process take the loaded model from the cache, and a model that
