@@ -149,8 +149,10 @@ def job_e2e(corpus: str, names: list[str], sink: Path, bs: int | None,
     version = J.commit_run(job, run, results, model, run_id, {})
     dt = time.perf_counter() - t0
     rows = lance.dataset(str(sink)).count_rows()
+    paths = {k: sum(r["decode_paths"].get(k, 0) for r in results)
+             for k in ("device_decoded", "reader_resized")}
     return {"images": rows, "shards": len(results), "version": version,
-            "seconds": round(dt, 2), "img_per_s": round(rows / dt, 1)}
+            "seconds": round(dt, 2), "img_per_s": round(rows / dt, 1), **paths}
 
 
 def _shares(arg: str) -> list[float | None]:

@@ -255,17 +255,18 @@ def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
     # reads from a bucket wait on the network, not the CPU: many threads hide the latency
     remote = "://" in job.source_uri and not job.source_uri.startswith("file://")
     workers = job.decode_workers or (32 if remote else None)
+    paths: dict[str, int] = {}  # tensor path: where the ok images were decoded
     batches = embed_items(shard.items, embedder, _reader(job.source_options), run_id,
                           resolve_batch_size(job.batch_size, embedder.device), workers,
                           DecodePolicy(max_pixels=job.max_pixels),
                           progress.update if progress else None, job.preprocess,
-                          _read_processes(job), job.cpu_decode_share)
+                          _read_processes(job), job.cpu_decode_share, paths)
     fragments = dataset.write_fragments(counted(batches), job.sink_uri, embedder.dim,
                                         job.sink_options)
     result = {"shard": shard.index, "fragments": fragments, "statuses": dict(statuses),
               "rows": sum(statuses.values()), "seconds": time.perf_counter() - t0,
               "embed_seconds": time.perf_counter() - t_ready,
-              "model": embedder.describe()}
+              "model": embedder.describe(), "decode_paths": paths}
     staging.write_marker(job.sink_uri, plan_id, shard.index, result, job.sink_options)
     return result
 

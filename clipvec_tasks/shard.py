@@ -98,6 +98,7 @@ def embed_items(
     preprocess: str = "auto",
     read_processes: int = 0,
     cpu_share: float | None = 0.0,
+    stats: dict[str, int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yield one Arrow batch per model batch, rows in input order.
 
@@ -105,6 +106,8 @@ def embed_items(
     worker processes instead of threads (``read`` must then pickle), and
     ``cpu_share`` of the JPEGs are decoded and resized by the readers with Pillow
     rather than on the GPU; None steers that share (``readahead.ShareControl``).
+    ``stats`` counts, on the tensor path, the ok images that reached the device as
+    JPEGs (``device_decoded``) and as crops the readers made (``reader_resized``).
     """
     policy = policy or DecodePolicy()
     tensor_path = _use_tensor_path(preprocess, embedder)
@@ -126,7 +129,7 @@ def embed_items(
         # built and written), so the GPU does not wait on that host work; batch k's
         # inputs stay referenced until then, as its kernels may still read them
         pending = None
-        for window, inputs, event in _tensor_stages(windows, embedder, policy):
+        for window, inputs, event in _tensor_stages(windows, embedder, policy, stats):
             if event is not None:
                 torch.cuda.current_stream(embedder.device).wait_event(event)
             started = (window, inputs, embedder.start_encode(inputs) if inputs else None)
@@ -168,6 +171,7 @@ def _rows(window: list[Prepared], vectors: np.ndarray, embedder: Embedder, run_i
 
 
 def _tensor_stages(windows: Iterable[list[Prepared]], embedder: Embedder, policy: DecodePolicy,
+                   stats: dict[str, int] | None = None,
                    ) -> Iterator[tuple[list[Prepared], list[torch.Tensor], Any]]:
     """(window, each member's input batch, event to wait for) per window.
 
@@ -179,14 +183,14 @@ def _tensor_stages(windows: Iterable[list[Prepared]], embedder: Embedder, policy
     device = embedder.device
     if device.type != "cuda":
         for window in windows:
-            _, mixed = _decode_window(window, device, policy, None)
+            _, mixed = _decode_window(window, device, policy, None, stats)
             yield window, _preprocess_window(window, embedder, None, mixed), None
         return
     decode_stream, prep_stream = torch.cuda.Stream(device), torch.cuda.Stream(device)
 
     def decode() -> Iterator[tuple[list[Prepared], Any, Any]]:
         for window in windows:
-            yield window, *_decode_window(window, device, policy, decode_stream)
+            yield window, *_decode_window(window, device, policy, decode_stream, stats)
 
     def prepare_inputs() -> Iterator[tuple[list[Prepared], list[torch.Tensor], Any]]:
         for window, decoded, mixed in _background(decode(), 2, "clipvec-decode"):
@@ -212,7 +216,7 @@ def _to_device(x: np.ndarray | list[int], device: torch.device) -> torch.Tensor:
 
 
 def _decode_window(window: list[Prepared], device: torch.device, policy: DecodePolicy,
-                   stream: Any) -> tuple[Any, Any]:
+                   stream: Any, stats: dict[str, int] | None = None) -> tuple[Any, Any]:
     """Every ok row's pixels as uint8 [3, H, W] on ``device``: JPEGs decoded there in one
     batch, CPU-decoded images copied from pinned memory; rows the readers already
     resized are copied as crops (the ``mixed`` of ``Embedder.preprocess_tensors``).
@@ -222,11 +226,13 @@ def _decode_window(window: list[Prepared], device: torch.device, policy: DecodeP
         jpegs = [p for p in window if p.status == "ok" and p.jpeg is not None]
         decoded = decode_jpegs_on_device([p.jpeg for p in jpegs],  # type: ignore[misc]
                                          device, [p.orientation for p in jpegs])
+        on_device = 0
         for p, t in zip(jpegs, decoded, strict=True):
             if t is None or t.shape[0] != 3:  # the GPU could not: the CPU policy decides
                 _cpu_fallback(p, policy)
             else:
                 p.pixels, p.height, p.width = t, int(t.shape[1]), int(t.shape[2])
+                on_device += 1
             p.jpeg = None
         for p in window:
             if p.status == "ok" and p.host is not None:
@@ -234,6 +240,9 @@ def _decode_window(window: list[Prepared], device: torch.device, policy: DecodeP
                 p.host = None
         oks = [p for p in window if p.status == "ok"]
         on_cpu = [i for i, p in enumerate(oks) if p.crops is not None]
+        if stats is not None:
+            stats["device_decoded"] = stats.get("device_decoded", 0) + on_device
+            stats["reader_resized"] = stats.get("reader_resized", 0) + len(on_cpu)
         mixed = None
         if on_cpu:
             on_gpu = [i for i, p in enumerate(oks) if p.crops is None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from clipvec_tasks.decode import DecodePolicy
@@ -12,7 +13,7 @@ from clipvec_tasks.embedder import Embedder
 from clipvec_tasks.job import JobConfig
 from clipvec_tasks.members import MemberConfig, WeightsConfig, load_member
 from clipvec_tasks.readahead import ShareControl
-from clipvec_tasks.shard import prepared_stream
+from clipvec_tasks.shard import embed_items, prepared_stream
 from clipvec_tasks.sources import list_images, read_bytes
 from tests.conftest import TINY, job_config, make_image
 
@@ -72,3 +73,19 @@ def test_readers_ahead_of_a_slow_consumer_take_on_decoding(tmp_path):
     assert len(resized) == len(items)
     first, last = sum(resized[:128]), sum(resized[-128:])
     assert first == 0 and last >= 64, (first, last)  # the first chunks go before any news
+
+
+@pytest.mark.parametrize("share,resized", [(0.0, 0), (0.5, 8), (1.0, 16)])
+def test_stats_count_where_the_images_were_decoded(tmp_path, share, resized):
+    """The shard's decode_paths: JPEGs that reached the device whole, and crops the
+    readers made (a fixed share of 16 JPEGs here)."""
+    for i in range(16):
+        make_image(tmp_path / "src" / f"{i:02d}.jpg", (90 + i, 64), seed=i)
+    items = sorted(list_images(str(tmp_path / "src")), key=lambda it: it.uri)
+    member = load_member(MemberConfig(TINY, "random"), torch.device("cpu"), "fp32",
+                         WeightsConfig(cache_dir=str(tmp_path / "cache")))
+    stats: dict[str, int] = {}
+    batches = list(embed_items(items, Embedder([member]), read_bytes, "r", batch_size=4,
+                               preprocess="tensor", cpu_share=share, stats=stats))
+    assert sum(b.num_rows for b in batches) == 16
+    assert stats == {"device_decoded": 16 - resized, "reader_resized": resized}
