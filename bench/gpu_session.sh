@@ -5,6 +5,7 @@
 #           (pip download --no-deps --only-binary=:all: --python-version 3.12 ...)
 #   .lance/lance.tar.xz   site-packages' lance/ and lance_namespace*/ (xz, ~50 MB)
 #   .gpu/   ../shared/images/photos as photos/, and ../shared/tools/make_corpus.py
+# bench/prepare_carry.sh builds all three here (about 2 minutes).
 # usage: bash bench/gpu_session.sh OUT_DIR [N_IMAGES] [gpu_check.py options...]
 set -euo pipefail
 out=${1:?output folder}; n=${2:-16384}; shift $(( $# >= 2 ? 2 : 1 ))
