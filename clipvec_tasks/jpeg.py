@@ -8,11 +8,15 @@ formats) takes the CPU decode policy, which knows how to fail well.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch stays out of the reader processes, which import this module
     import torch
+
+# torch warns that a tensor viewing bytes is read-only; the decoders only read their input
+warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -113,7 +117,8 @@ def decode_jpegs_on_device(blobs: list[bytes], device: torch.device,
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    # views of the bytes, not copies: the decoder only reads them
+    tensors = [torch.frombuffer(b, dtype=torch.uint8) for b in blobs]
     try:
         out: list[torch.Tensor | None] = list(decode_jpeg(
             tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=False))
