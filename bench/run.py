@@ -16,6 +16,8 @@ the model alone. Results: a table on stdout and JSON in --out.
     python -m venv --system-site-packages ../crvenv
     ../crvenv/bin/pip install clip-retrieval "setuptools<81"
     python bench/run.py --n 384 --clip-retrieval ../crvenv/bin/python
+    python bench/large_photos.py .corpus/large64 64     # camera-sized JPEGs (12 MP)
+    python bench/run.py --corpus .corpus/large64 --variant "draft=runtime.jpeg_draft=true"
 """
 
 from __future__ import annotations
@@ -107,6 +109,9 @@ def main() -> None:
     p.add_argument("--clip-retrieval", default=None, metavar="PYTHON",
                    help="an interpreter with clip-retrieval installed (default: this one, "
                         "if it has it; else clip-retrieval is left out)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
+                   help="also time clipvec (a later run) with these space-separated overrides, "
+                        "e.g. --variant 'draft=runtime.jpeg_draft=true'")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="clipvec-bench-"))
@@ -123,19 +128,21 @@ def main() -> None:
         seed = json.loads(out.strip().splitlines()[-1])
         cr_wall = (_clip_retrieval(cr_python, corpus, ckpt, work / f"cr{rep}", args, n_images)
                    if cr_python and not args.baseline_limit else None)
-        walls = []
-        for attempt in ("first", "later"):  # fresh Prefect home, then the one it made
-            sink = work / f"run{rep}-{attempt}.lance"
-            cmd = [sys.executable, "flows/vectorize.py", f"source.uri={corpus}",
-                   f"sink.uri={sink}", "model=open_clip_vit_b32",
-                   f"model.members.0.pretrained={ckpt}", f"runtime.device={args.device}",
-                   f"runtime.precision={args.precision}", f"runtime.batch_size={args.batch_size}",
-                   *args.extra]
-            cv_wall, cv_out = _timed(cmd, env)
-            walls.append(cv_wall)
-            shutil.rmtree(sink, ignore_errors=True)
+
+        # a fresh Prefect home, then the one it made (as later runs find it)
+        walls = [_clipvec(args, corpus, ckpt, work / f"run{rep}-first.lance", env, [])[0]]
+        cv_wall, cv_out = _clipvec(args, corpus, ckpt, work / f"run{rep}-later.lance", env, [])
+        walls.append(cv_wall)
         m = re.search(r"([\d.]+) s in the flow, ([\d.]+) img/s", cv_out)
         steady = re.search(r"steady ([\d.]+) img/s", cv_out)
+        variants = {}
+        for spec in args.variant:
+            name, _, overrides = spec.partition("=")
+            v_wall, v_out = _clipvec(args, corpus, ckpt, work / f"run{rep}-{name}.lance", env,
+                                     overrides.split())
+            v_steady = re.search(r"steady ([\d.]+) img/s", v_out)
+            variants[name] = {"overrides": overrides, "wall_s": round(v_wall, 2),
+                              "steady_img_per_s": float(v_steady.group(1)) if v_steady else None}
         _, mo = _timed([sys.executable, "bench/model_only.py", "open_clip_vit_b32", str(ckpt),
                         args.device, args.precision, str(args.batch_size)], env)
         rows.append({
@@ -147,6 +154,7 @@ def main() -> None:
             "clipvec_flow_img_per_s": float(m.group(2)) if m else None,
             "clipvec_steady_img_per_s": float(steady.group(1)) if steady else None,
             "model_only_img_per_s": round(json.loads(mo.strip().splitlines()[-1])["img_per_s"], 1),
+            "variants": variants,
         })
     result = {
         "machine": _machine(),
@@ -179,6 +187,18 @@ def _machine() -> str:
     return f"{name}, {os.cpu_count()} cores, {bf16} AVX-512 BF16/AMX"
 
 
+def _clipvec(args: argparse.Namespace, corpus: Path, ckpt: Path, sink: Path,
+             env: dict[str, str], overrides: list[str]) -> tuple[float, str]:
+    """``flows/vectorize.py`` over the corpus into ``sink`` (removed after): wall time, stdout."""
+    cmd = [sys.executable, "flows/vectorize.py", f"source.uri={corpus}", f"sink.uri={sink}",
+           "model=open_clip_vit_b32", f"model.members.0.pretrained={ckpt}",
+           f"runtime.device={args.device}", f"runtime.precision={args.precision}",
+           f"runtime.batch_size={args.batch_size}", *args.extra, *overrides]
+    timed = _timed(cmd, env)
+    shutil.rmtree(sink, ignore_errors=True)
+    return timed
+
+
 def _report(r: dict, whole: bool) -> str:
     """One run's comparison: whole processes (ratios to clipvec's later run) and steady state."""
     first, later = r["clipvec_first_run_wall_s"], r["clipvec_wall_s"]
@@ -188,9 +208,11 @@ def _report(r: dict, whole: bool) -> str:
         if whole and r.get(key):
             parts.append(f"{name} {r[key]} s ({r[key] / later:.2f}x; {r[key] / first:.2f}x "
                          "against the first run)")
+    variants = "".join(f"\n{name} ({v['overrides']}): {v['wall_s']} s, steady "
+                       f"{v['steady_img_per_s']} img/s" for name, v in r["variants"].items())
     return ("; ".join(parts) + f"\nsteady: clipvec {r['clipvec_steady_img_per_s']} img/s vs "
             f"model-only {r['model_only_img_per_s']} img/s; seed loop "
-            f"{r['seed_loop_img_per_s']} img/s")
+            f"{r['seed_loop_img_per_s']} img/s" + variants)
 
 
 if __name__ == "__main__":

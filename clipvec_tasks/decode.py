@@ -10,6 +10,9 @@ Policy (applied before any member's preprocessing):
   the header before any pixel is decoded, so memory stays bounded.
 - Truncated files are ``truncated`` and never embedded half-decoded (Pillow's
   process-wide LOAD_TRUNCATED_IMAGES is left alone).
+- With ``draft`` (``runtime.jpeg_draft``), a JPEG is decoded at the smallest of
+  1/1, 1/2, 1/4, 1/8 scale (Pillow's draft mode: libjpeg's DCT scaling) that keeps
+  both sides at least ``draft`` pixels; the recorded width and height stay the file's.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own bomb threshold (~ 9459 x 9459)
 class DecodePolicy:
     max_pixels: int = DEFAULT_MAX_PIXELS
     background: tuple[int, int, int] = (255, 255, 255)
+    draft: int = 0  # JPEGs: decode at a reduced scale keeping both sides >= this (0: off)
 
 
 @dataclass(slots=True)
@@ -85,6 +89,9 @@ def decode_image(data: bytes, name: str = "", policy: DecodePolicy | None = None
             frames = int(getattr(im, "n_frames", 1) or 1)
             if frames > 1:
                 im.seek(0)
+            elif policy.draft and im.format == "JPEG":
+                im.draft(im.mode, (policy.draft, policy.draft))
+            drafted = im.size
             im.load()
             rgb = _to_rgb(im, policy)
     except Image.DecompressionBombError as e:
@@ -102,7 +109,9 @@ def decode_image(data: bytes, name: str = "", policy: DecodePolicy | None = None
         return _fail("too_large", "out of memory while decoding")
     except Exception as e:  # Pillow plugins raise ValueError, SyntaxError, struct.error...
         return _fail("decode_error", f"{type(e).__name__}: {e}")
-    return Decoded(rgb, "ok", None, rgb.width, rgb.height, frames)
+    if rgb.size != drafted:  # turned by its EXIF orientation
+        w, h = h, w
+    return Decoded(rgb, "ok", None, w, h, frames)
 
 
 def _to_rgb(im: Image.Image, policy: DecodePolicy) -> Image.Image:

@@ -53,6 +53,14 @@ class Embedder:
         return all(m.tensor_transform is not None for m in self.members)
 
     @property
+    def draft_size(self) -> int:
+        """How far a JPEG may be decoded down (``runtime.jpeg_draft``): both sides at least
+        twice the largest size any member resizes to, the margin Pillow's own thumbnail()
+        keeps before its antialiased resize (``reducing_gap=2``)."""
+        return 2 * max(max(*m.preprocessing.get("resize_size", []),
+                           *m.preprocessing["image_size"]) for m in self.members)
+
+    @property
     def crop_specs(self) -> tuple[Any, ...]:
         """The members' distinct resize/crop specs (tensor path), in member order."""
         if not self.supports_tensors:

@@ -50,6 +50,7 @@ class JobConfig:
     read_processes: int | None = None  # GPU path: reader processes (None: auto)
     # GPU path: share of JPEGs the readers decode and resize; None: auto (steered)
     cpu_decode_share: float | None = 0.0
+    jpeg_draft: bool = False  # CPU decodes: large JPEGs decoded at a reduced scale
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> JobConfig:
@@ -91,6 +92,7 @@ class JobConfig:
             read_processes=None if rt.get("read_processes") is None
             else int(rt["read_processes"]),
             cpu_decode_share=_share(rt.get("cpu_decode_share")),
+            jpeg_draft=_flag("runtime.jpeg_draft", rt.get("jpeg_draft", False)),
         )
 
 
@@ -118,6 +120,12 @@ def _share(value: object) -> float | None:
         raise ClipvecError(f"runtime.cpu_decode_share must be auto or between 0 and 1, "
                            f"not '{value}'.")
     return share
+
+
+def _flag(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ClipvecError(f"{key} must be true or false, not '{value}'.")
 
 
 def _on_deleted(value: object) -> str:
@@ -258,7 +266,8 @@ def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
     paths: dict[str, int] = {}  # tensor path: where the ok images were decoded
     batches = embed_items(shard.items, embedder, _reader(job.source_options), run_id,
                           resolve_batch_size(job.batch_size, embedder.device), workers,
-                          DecodePolicy(max_pixels=job.max_pixels),
+                          DecodePolicy(max_pixels=job.max_pixels,
+                                       draft=embedder.draft_size if job.jpeg_draft else 0),
                           progress.update if progress else None, job.preprocess,
                           _read_processes(job), job.cpu_decode_share, paths)
     fragments = dataset.write_fragments(counted(batches), job.sink_uri, embedder.dim,

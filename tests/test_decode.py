@@ -126,3 +126,23 @@ def test_shared_odd_files_each_get_one_outcome():
         assert (d.image is None) == (d.status != "ok"), path.name
         if path.name in EXPECTED_ODD:
             assert d.status == EXPECTED_ODD[path.name], path.name
+
+
+@pytest.mark.parametrize("orientation,display", [(1, (1600, 1000)), (6, (1000, 1600))])
+def test_draft_decodes_large_jpegs_smaller_and_records_the_files_size(orientation, display):
+    """runtime.jpeg_draft: the smallest DCT scale keeping both sides >= draft (here 1/4:
+    400x250 >= 200), turned by EXIF as usual; width and height stay the file's."""
+    im = Image.new("RGB", (1600, 1000), (30, 120, 200))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _bytes(im, "JPEG", exif=exif)
+    d = decode_image(data, policy=DecodePolicy(draft=200))
+    assert d.status == "ok" and (d.width, d.height) == display
+    assert d.image.size == (display[0] // 4, display[1] // 4)
+    assert decode_image(data).image.size == display  # off by default
+
+
+def test_draft_leaves_small_jpegs_and_other_formats_whole():
+    assert decode_image(_jpeg((300, 200)), policy=DecodePolicy(draft=200)).image.size == (300, 200)
+    png = _bytes(Image.new("RGB", (1600, 1000)), "PNG")
+    assert decode_image(png, policy=DecodePolicy(draft=200)).image.size == (1600, 1000)

@@ -297,3 +297,23 @@ def test_share_resized_by_the_readers_gives_the_same_rows(image_dir, tmp_path, r
     va, vb = np.stack(a.embedding[ok]), np.stack(b.embedding[ok])
     cos = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
     assert cos.min() >= 0.9999, cos
+
+
+def test_jpeg_draft_rows_match_the_exact_decode(image_dir, tmp_path):
+    """runtime.jpeg_draft: large JPEGs decoded at a reduced scale give the same rows (the
+    file's width and height) and vectors close to the exact decode's."""
+    for i in range(4):
+        make_image(image_dir / "big" / f"b{i}.jpg", (1200 + 100 * i, 900), seed=400 + i)
+    run(job_config(image_dir, tmp_path / "exact.lance"))
+    run(job_config(image_dir, tmp_path / "draft.lance", jpeg_draft=True))
+    a = _table(tmp_path / "exact.lance").set_index("id").sort_index()
+    b = _table(tmp_path / "draft.lance").set_index("id").sort_index()
+    assert list(a.status) == list(b.status) and list(a.width) == list(b.width)
+    assert list(a.height) == list(b.height) and a.width.max() == 1500
+    ok = a.status == "ok"
+    va, vb = np.stack(a.embedding[ok]), np.stack(b.embedding[ok])
+    cos = (va * vb).sum(1) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
+    assert cos.min() >= 0.9999, cos
+    big = [i for i in a.index if "/big/" in i]
+    assert not np.allclose(np.stack(a.embedding[big]), np.stack(b.embedding[big])), \
+        "the draft decode was not used"
