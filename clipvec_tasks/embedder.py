@@ -57,8 +57,8 @@ class Embedder:
         """How far a JPEG may be decoded down (``runtime.jpeg_draft``): both sides at least
         twice the largest size any member resizes to, the margin Pillow's own thumbnail()
         keeps before its antialiased resize (``reducing_gap=2``)."""
-        return 2 * max(max(*m.preprocessing.get("resize_size", []),
-                           *m.preprocessing["image_size"]) for m in self.members)
+        return 2 * max(max([*m.preprocessing.get("resize_size", []),
+                            *m.preprocessing["image_size"]]) for m in self.members)
 
     @property
     def crop_specs(self) -> tuple[Any, ...]:

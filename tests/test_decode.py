@@ -146,3 +146,19 @@ def test_draft_leaves_small_jpegs_and_other_formats_whole():
     assert decode_image(_jpeg((300, 200)), policy=DecodePolicy(draft=200)).image.size == (300, 200)
     png = _bytes(Image.new("RGB", (1600, 1000)), "PNG")
     assert decode_image(png, policy=DecodePolicy(draft=200)).image.size == (1600, 1000)
+
+
+def test_draft_size_is_twice_the_largest_model_input(tmp_path):
+    import torch
+
+    from clipvec_tasks.embedder import Embedder
+    from clipvec_tasks.members import MemberConfig, WeightsConfig, load_member
+    from tests.conftest import TINY
+
+    def member(name):
+        return load_member(MemberConfig(name, "random"), torch.device("cpu"), "fp32",
+                           WeightsConfig(cache_dir=str(tmp_path)))
+
+    assert Embedder([member(TINY)]).draft_size == 128  # a 64-px model
+    # torchvision's resnet18 resizes to 256 before its 224 crop
+    assert Embedder([member(TINY), member("resnet18")]).draft_size == 512
