@@ -138,7 +138,7 @@ class TensorTransform:
         order = sorted(range(n), key=lambda i: (geo[i][4], sizes[i]))
         # groups of similar sizes, each running its two passes in one order
         groups = [g for v in (False, True)
-                  for g in _chunks([i for i in order if geo[i][4] == v], group)]
+                  for g in _groups([i for i in order if geo[i][4] == v], sizes, group)]
         geometry = upload(torch.tensor([(*sizes[i], *geo[i][:4], i) for i in order],
                                        dtype=torch.int64), dev)
         hs, ws, new_h, new_w, top, left, pos = geometry.unbind(1)
@@ -205,8 +205,31 @@ def _to_8bit(x: torch.Tensor) -> torch.Tensor:
     return x.add_(0.5).floor_().clamp_(0, 255)
 
 
-def _chunks(xs: list[int], n: int) -> list[list[int]]:
-    return [xs[i:i + n] for i in range(0, len(xs), n)]
+# the most padded pixels one group resizes at once: its float32 copy stays under ~0.8 GB
+# whatever the photos' size (64 web images make ~16 M; one 12 MP photo 12 M)
+GROUP_PIXELS = 1 << 26
+
+
+def _groups(order: list[int], sizes: list[tuple[int, int]], n: int,
+            budget: int | None = None) -> list[list[int]]:
+    """``order`` (indices sorted by size) cut into runs of at most ``n`` images whose
+    padding to the run's largest height and width stays within ``budget`` pixels
+    (default :data:`GROUP_PIXELS`; a run of one image may exceed it: that image needs
+    what it needs)."""
+    budget = budget or GROUP_PIXELS
+    groups: list[list[int]] = []
+    run: list[int] = []
+    h = w = 0
+    for i in order:
+        gh, gw = max(h, sizes[i][0]), max(w, sizes[i][1])
+        if run and (len(run) == n or gh * gw * (len(run) + 1) > budget):
+            groups.append(run)
+            run, gh, gw = [], sizes[i][0], sizes[i][1]
+        run.append(i)
+        h, w = gh, gw
+    if run:
+        groups.append(run)
+    return groups
 
 
 def _pillow_runs_vertical_first() -> bool:

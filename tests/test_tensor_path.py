@@ -124,6 +124,31 @@ print("ok")
 """
 
 
+def test_groups_respect_count_and_padded_pixel_budget():
+    from clipvec_tasks.tensor_preprocess import _groups
+
+    sizes = [(10, 10)] * 5 + [(100, 100), (3000, 4000), (3000, 4000)]
+    assert _groups(list(range(8)), sizes, 3, budget=10**9) == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    # padding [3, 4, 5] to 100x100 is 30,000 pixels; a 12 MP photo goes alone
+    assert _groups(list(range(8)), sizes, 64, budget=25_000) == [
+        [0, 1, 2, 3, 4], [5], [6], [7]]
+
+
+def test_pixel_budget_changes_the_groups_not_the_pixels(monkeypatch):
+    """Photos far larger than the model input are resized a few at a time (the float copy
+    of a padded group stays bounded), with the same result as in one group."""
+    import clipvec_tasks.tensor_preprocess as tp
+
+    rng = np.random.default_rng(1)
+    sizes = [(300, 400), (400, 300), (80, 60), (250, 250), (60, 90)]
+    tensors = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in sizes]
+    t = TensorTransform(40, 32, "bicubic", (0.5, 0.4, 0.3), (0.2, 0.3, 0.25))
+    whole = t.matmul(tensors, torch.float32)
+    monkeypatch.setattr(tp, "GROUP_PIXELS", 130_000)  # about one of the larger images
+    assert len(tp._groups(list(range(5)), sizes, 64)) >= 3
+    assert torch.equal(t.matmul(tensors, torch.float32), whole)
+
+
 def test_fused_kernel_matches_the_matrix_products():
     """The GPU's two-launch Triton resize, run in Triton's interpreter on the CPU (a fresh
     process: the interpreter must be chosen before Triton is imported), against the
@@ -170,3 +195,19 @@ def test_reader_crops_normalised_match_the_device_resize():
         diff = (got - ref).abs()
         assert got.shape == ref.shape and diff.max() <= 1.01 / (0.26 * 255)
         assert (diff > 1e-4).float().mean() < 0.03
+
+
+def test_windows_close_early_on_the_pixels_the_device_will_decode():
+    from clipvec_tasks.shard import Prepared, _windows
+    from clipvec_tasks.sources import SourceItem
+
+    def row(i, status="ok", size=(4000, 3000), crops=None):
+        return Prepared(SourceItem(f"id{i}", f"u{i}", 1, None, None), status,
+                        width=size[0], height=size[1], crops=crops)
+
+    rows = [row(0), row(1, "truncated"), row(2), row(3, size=(40, 30)),
+            row(4, crops=[np.zeros((2, 2, 3), np.uint8)]), row(5), row(6)]
+    # two 12 MP photos fill a 24 MP budget; a failure rides along; reader crops cost nothing
+    got = [[p.item.id for p in w] for w in _windows(rows, 256, 24_000_000)]
+    assert got == [["id0", "id1", "id2"], ["id3", "id4", "id5", "id6"]]
+    assert [len(w) for w in _windows(rows, 3)] == [4, 3]  # by count alone without a budget
