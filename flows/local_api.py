@@ -23,9 +23,12 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from clipvec_tasks.errors import ClipvecError  # no heavy imports: a package of plain modules
+
 _proc: subprocess.Popen[bytes] | None = None
 _url: str | None = None
 _new_database: Path | None = None  # the database the early server creates on first start
+_log: tuple[Path, int] | None = None  # the server's log file, and where this start began
 
 
 def _home() -> Path:
@@ -50,7 +53,7 @@ def _api_configured() -> bool:
 
 def start_early() -> None:
     """Launch the temporary API server now and point this process's Prefect at it."""
-    global _proc, _url, _new_database
+    global _proc, _url, _new_database, _log
     if _api_configured():
         return
     spec = importlib.util.find_spec("prefect")
@@ -61,12 +64,23 @@ def start_early() -> None:
         port = s.getsockname()[1]
     app_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
     env = server_env(os.environ)
-    _proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
-         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-         "--log-level", "error", "--lifespan", "on"],
-        env=env, stdin=subprocess.DEVNULL,
-    )
+    # its output goes to a log file, not the user's terminal: a server stopped while it
+    # records the run's last events logs the cancelled write as a traceback (Prefect's
+    # own temporary server does the same); a server that fails to start is reported
+    # with the end of that log
+    log_path = _home() / "clipvec-local-api.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} port {port}\n"
+                  .encode())
+        log.flush()
+        _log = (log_path, log.tell())
+        _proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--factory",
+             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
+             str(port), "--log-level", "error", "--lifespan", "on"],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
     database = _home() / "prefect.db"  # Prefect's default, unless another one is set
     if not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") and not database.exists():
         _new_database = database
@@ -103,7 +117,8 @@ def wait(timeout: float | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _proc.poll() is not None:
-            raise RuntimeError(f"Prefect's local API server exited with code {_proc.returncode}")
+            raise ClipvecError(f"Prefect's local API server exited with code "
+                               f"{_proc.returncode}{_log_tail()}\n{_INSTEAD}")
         try:
             with urllib.request.urlopen(f"{_url}/health", timeout=1) as r:
                 if r.status == 200:
@@ -111,7 +126,28 @@ def wait(timeout: float | None = None) -> None:
         except OSError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"Prefect's local API server did not start within {timeout:.0f} s")
+    raise ClipvecError(f"Prefect's local API server did not start within {timeout:.0f} s "
+                       f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS sets how long to "
+                       f"wait){_log_tail()}\n{_INSTEAD}")
+
+
+_INSTEAD = ("To use a Prefect server of your own instead, start one (prefect server start) "
+            "and set PREFECT_API_URL=http://127.0.0.1:4200/api.")
+
+
+def _log_tail(lines: int = 20) -> str:
+    """The end of what the server logged since this start, for an error message."""
+    if _log is None:
+        return ""
+    path, start = _log
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+    tail = "\n".join(text.splitlines()[-lines:])
+    return f"; its log ({path}) ends:\n{tail}" if tail else f"; its log: {path}"
 
 
 def stop() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `flows` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from flows import local_api  # noqa: E402 - stdlib only
+from flows import local_api  # noqa: E402 - light: no torch, no Prefect
 
 _INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "--resolve"}
 if __name__ == "__main__" and not _INFO_FLAGS & set(sys.argv[1:]):
