@@ -94,20 +94,9 @@ def build_text(spec: ModelSpec, weights: ResolvedWeights):
     import clip
 
     seeded(weights.ref.seed)
-    if weights.path is None:
-        model = clip.model.build_model(random_state_dict(spec.arch)).float()
-    else:
-        sd = load_state_dict(weights.path)
-        # built empty on the meta device (no random initialisation to throw away), then
-        # the file's tensors assigned: the values build_model itself would copy in
-        with torch.device("meta"), warnings.catch_warnings():
-            # build_model's own copy into the empty model is a no-op, and says so per key
-            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter")
-            model = clip.model.build_model(dict(sd))
-        model.load_state_dict({k: v for k, v in sd.items() if k not in NON_PARAMS},
-                              strict=True, assign=True)
-        model = model.float()
-        ensure_materialized(model.visual, spec.name).eval()
+    # built on the CPU, not the meta device: the causal mask is not in checkpoints
+    sd = random_state_dict(spec.arch) if weights.path is None else load_state_dict(weights.path)
+    model = clip.model.build_model(dict(sd)).float().eval()
 
     def encode(texts: list[str]) -> torch.Tensor:
         with torch.inference_mode():

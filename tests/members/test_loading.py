@@ -65,3 +65,27 @@ def test_openai_clip_member_skips_random_init(tmp_path, random_draws):
     assert all(d.type == "meta" for d in random_draws), set(random_draws)
     for name, p in member.tower.state_dict().items():
         assert torch.equal(p, sd[f"visual.{name}"].float()), name
+
+
+@pytest.mark.slow
+def test_openai_clip_text_tower_from_a_checkpoint_matches_upstream(tmp_path):
+    """The text tower (search) keeps the CPU build: its causal mask is not in checkpoints."""
+    import clip
+
+    from clipvec_tasks.members import family_module, resolve_weights
+    from clipvec_tasks.members.openai_clip_member import random_state_dict
+    from clipvec_tasks.registry import get_spec
+    from clipvec_tasks.weights import parse_pretrained
+
+    torch.manual_seed(5)
+    sd = random_state_dict("ViT-B/32")
+    ckpt = tmp_path / "clip_b32.pt"
+    torch.save(sd, ckpt)
+    spec = get_spec("openai_clip_vit_b32")
+    resolved = resolve_weights(spec, parse_pretrained(str(ckpt), spec.weights, 0),
+                               WeightsConfig(cache_dir=str(tmp_path)))
+    got = family_module(spec.family).build_text(spec, resolved)(["a photo of a cat"])
+    ref = clip.model.build_model(dict(sd)).float().eval()
+    with torch.no_grad():
+        want = ref.encode_text(clip.tokenize(["a photo of a cat"])).float()
+    assert torch.allclose(got, want, atol=1e-5)
