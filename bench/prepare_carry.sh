@@ -5,7 +5,7 @@
 #   .lance/lance.tar.xz   this machine's lance/ and lance_namespace*/ packages (~50 MB)
 #   .gpu/                 ../shared/images/photos as photos/, and make_corpus.py
 # then: run(command="bash bench/gpu_session.sh $OUT 16384", carry=[".whl", ".gpu", ".lance"])
-# Keep them out of git: echo '/.whl/ /.gpu/ /.lance/' | tr ' ' '\n' >> .git/info/exclude
+# .gitignore keeps all three out of git.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=../shared
@@ -18,7 +18,4 @@ site=$(python3 -c 'import lance, os; print(os.path.dirname(os.path.dirname(lance
 (cd "$site" && tar -cJf - lance lance_namespace*) > .lance/lance.tar.xz
 cp -r "$shared/images/photos" .gpu/photos
 cp "$shared/tools/make_corpus.py" .gpu/
-for d in .whl .gpu .lance; do
-    git check-ignore -q "$d" || echo "warning: $d is not git-ignored (see the header)" >&2
-done
 du -sh .whl .gpu .lance
