@@ -27,10 +27,10 @@ def cmd_models(args: argparse.Namespace) -> None:
 def cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from .decode import decode_image
     from .embedder import Embedder
     from .members import MemberConfig, WeightsConfig, load_member
     from .runtime import resolve_batch_size, resolve_device, resolve_precision
+    from .shard import embed_items
     from .sources import list_images, read_bytes
 
     t0 = time.perf_counter()
@@ -46,16 +46,15 @@ def cmd_embed(args: argparse.Namespace) -> None:
         raise ClipvecError(f"'{args.path}' holds no images.")
     t1 = time.perf_counter()
     vectors, failed = [], []
-    for start in range(0, len(items), args.batch_size):
-        batch, inputs = items[start:start + args.batch_size], []
-        for it in batch:
-            d = decode_image(read_bytes(it.uri), it.uri)
-            if d.image is None:
-                failed.append((it.uri, d.status, d.error))
-            else:
-                inputs.append(embedder.preprocess(d.image))
-        if inputs:
-            vectors.append(embedder.embed(inputs))
+    # the job's own stream: reads and decodes ahead, batched (on a GPU, decoded there)
+    for b in embed_items(items, embedder, read_bytes, "embed", args.batch_size):
+        status = b.column("status").to_pylist()
+        ok = np.array([st == "ok" for st in status])
+        failed += [(u, st, e) for u, st, e in zip(b.column("uri").to_pylist(), status,
+                                                  b.column("error").to_pylist(), strict=True)
+                   if st != "ok"]
+        emb = b.column("embedding").values.to_numpy(zero_copy_only=False)
+        vectors.append(emb.reshape(len(status), embedder.dim)[ok])
     t2 = time.perf_counter()
     print(f"models: {', '.join(names)} (weights: {args.pretrained or 'default'}, {precision})")
     print(f"device: {device}")
@@ -64,9 +63,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
         print(f"  failed: {uri}: {status}: {err}")
     print(f"time: load {t1 - t0:.2f} s, embed {t2 - t1:.2f} s "
           f"({(len(items) - len(failed)) / max(t2 - t1, 1e-9):.1f} img/s)")
-    if not vectors:
+    arr = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), np.float32)
+    if not len(arr):
         return
-    arr = np.concatenate(vectors)
     v = arr[0] if len(arr) == 1 else arr
     print(f"vector shape: {tuple(v.shape)}")
     print(f"first 10: {np.array2string(arr[0][:10], precision=4, separator=', ')}")

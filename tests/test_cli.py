@@ -37,6 +37,22 @@ def test_embed_prints_the_seed_summary(capsys, image_dir, tmp_path):
     assert f"vector shape: (7, {TINY_DIM + 512})" in out and "images: 7 (7 ok" in out
 
 
+def test_embed_reports_failed_files_and_keeps_the_others_in_order(capsys, image_dir, tmp_path):
+    (image_dir / "sub" / "broken.jpg").write_bytes(b"")
+    out = _cli(capsys, "embed", str(image_dir), "--models", "tiny_clip", "--pretrained",
+               "random", "--device", "cpu", "--batch_size", "2", "-o", str(tmp_path / "all.npy"))
+    assert "images: 8 (7 ok, 1 failed)" in out and "broken.jpg: empty" in out
+    _cli(capsys, "embed", str(image_dir / "sub" / "c.jpg"), "--models", "tiny_clip",
+         "--pretrained", "random", "--device", "cpu", "-o", str(tmp_path / "c.npy"))
+    from clipvec_tasks.sources import list_images
+
+    ok = [it.uri for it in list_images(str(image_dir)) if not it.uri.endswith("broken.jpg")]
+    all_vectors = np.load(tmp_path / "all.npy")
+    assert all_vectors.shape == (7, TINY_DIM)
+    row = next(i for i, u in enumerate(ok) if u.endswith("sub/c.jpg"))  # the listing's order
+    np.testing.assert_allclose(all_vectors[row], np.load(tmp_path / "c.npy")[0], atol=1e-6)
+
+
 def test_unknown_model_is_one_line_and_exit_2(capsys, image_dir):
     with pytest.raises(SystemExit) as e:
         main(["embed", str(image_dir), "--models", "resnet1522", "--device", "cpu"])
