@@ -24,10 +24,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from clipvec_tasks.errors import ClipvecError  # no heavy imports: a package of plain modules
+from flows import prefect_sqlite
 
 _proc: subprocess.Popen[bytes] | None = None
 _url: str | None = None
 _new_database: Path | None = None  # the database the early server creates on first start
+_from_template = False  # ... which was made from prefect_sqlite's template (no migrations)
 _log: tuple[Path, int] | None = None  # the server's log file, and where this start began
 
 
@@ -53,7 +55,7 @@ def _api_configured() -> bool:
 
 def start_early() -> None:
     """Launch the temporary API server now and point this process's Prefect at it."""
-    global _proc, _url, _new_database, _log
+    global _proc, _url, _new_database, _from_template, _log
     if _api_configured():
         return
     spec = importlib.util.find_spec("prefect")
@@ -63,6 +65,12 @@ def start_early() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app_dir = str(Path(next(iter(spec.submodule_search_locations))).parent)
+    database = _home() / "prefect.db"  # Prefect's default, unless another one is set
+    _new_database = None
+    _from_template = False
+    if not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") and not database.exists():
+        _new_database = database
+        _from_template = prefect_sqlite.create_database(database)
     env = server_env(os.environ)
     # its output goes to a log file, not the user's terminal: a server stopped while it
     # records the run's last events logs the cancelled write as a traceback (Prefect's
@@ -81,9 +89,6 @@ def start_early() -> None:
              str(port), "--log-level", "error", "--lifespan", "on"],
             env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
-    database = _home() / "prefect.db"  # Prefect's default, unless another one is set
-    if not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") and not database.exists():
-        _new_database = database
     _url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = _url
     atexit.register(stop)
@@ -102,8 +107,10 @@ def starting_note() -> str | None:
     """What the early server is doing, for the user waiting on it; None when there is none."""
     if _proc is None:
         return None
+    if _new_database is not None and _from_template:
+        return f"Prefect's local API is starting, on a new database ({_new_database})"
     if _new_database is not None:
-        return (f"Prefect's local API is starting; its first start creates its database "
+        return (f"Prefect's local API is starting; its first start migrates a new database "
                 f"({_new_database}): about 10 s, once")
     return "Prefect's local API is starting"
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from flows import local_api
+from flows import local_api, prefect_sqlite
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _FakeServer:
@@ -43,14 +49,83 @@ def early(tmp_path, monkeypatch):
     monkeypatch.setattr(local_api.atexit, "register", lambda fn: None)
     for name in ("_proc", "_url", "_new_database"):
         monkeypatch.setattr(local_api, name, None)
+    monkeypatch.setattr(local_api, "_from_template", False)
     return tmp_path
 
 
-def test_first_start_says_it_creates_the_database(early):
+HEAD = prefect_sqlite.installed_head()
+needs_template = pytest.mark.skipif(
+    prefect_sqlite.template_for(HEAD) is None,
+    reason=f"no schema template for the installed Prefect's migrations ({HEAD}): "
+           "python -m flows.prefect_sqlite writes it")
+
+
+@needs_template
+def test_first_start_creates_the_database_from_the_template(early):
     local_api.start_early()
+    db = early / "prefect.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select version_num from alembic_version").fetchall() == [(HEAD,)]
+        tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
+    assert {"flow", "flow_run", "task_run", "block_document"} <= tables
     note = local_api.starting_note()
-    assert note and "creates its database" in note and str(early / "prefect.db") in note
+    assert note and "new database" in note and str(db) in note and "10 s" not in note
     assert os.environ["PREFECT_API_URL"].startswith("http://127.0.0.1:")
+    assert [p.name for p in early.iterdir() if p.name.startswith(".prefect-")] == []
+
+
+def test_first_start_without_a_template_leaves_the_migrations_to_prefect(early, monkeypatch):
+    monkeypatch.setattr(prefect_sqlite, "TEMPLATES", early / "none")
+    local_api.start_early()
+    assert not (early / "prefect.db").exists()
+    note = local_api.starting_note()
+    assert note and "migrates a new database" in note and str(early / "prefect.db") in note
+
+
+@needs_template
+def test_the_template_never_replaces_a_database(tmp_path, monkeypatch):
+    db = tmp_path / "prefect.db"
+    db.write_bytes(b"another command's database")
+    assert not prefect_sqlite.create_database(db)
+    # ... nor one that appears while the template is being written (two first commands)
+    real_link = os.link
+
+    def racing_link(src, dst):
+        Path(dst).write_bytes(b"the other command won")
+        return real_link(src, dst)
+
+    other = tmp_path / "other" / "prefect.db"
+    monkeypatch.setattr(prefect_sqlite.os, "link", racing_link)
+    assert not prefect_sqlite.create_database(other)
+    assert db.read_bytes() == b"another command's database"
+    assert other.read_bytes() == b"the other command won"
+    assert sorted(p.name for p in other.parent.iterdir()) == ["prefect.db"]
+
+
+def test_a_database_url_of_the_users_own_is_left_alone(early):
+    os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{early / 'mine.db'}"
+    local_api.start_early()
+    assert not (early / "prefect.db").exists() and not (early / "mine.db").exists()
+    assert local_api.starting_note() == "Prefect's local API is starting"
+
+
+def test_head_is_read_from_the_migration_files(tmp_path, monkeypatch):
+    for name, rev, down in [("a", "aaa1", None), ("b", "bbb2", "aaa1"), ("c", "ccc3", "bbb2")]:
+        down_text = "None" if down is None else f'"{down}"'
+        (tmp_path / f"2026_{name}.py").write_text(
+            f'"""m"""\nrevision = "{rev}"\ndown_revision = {down_text}\n')
+    monkeypatch.setattr(prefect_sqlite, "_migrations_dir", lambda: tmp_path)
+    assert prefect_sqlite.installed_head() == "ccc3"
+    (tmp_path / "2026_d.py").write_text('revision = "ddd4"\ndown_revision = "bbb2"\n')
+    assert prefect_sqlite.installed_head() is None  # two heads: not one linear history
+
+
+@needs_template
+def test_the_template_is_what_prefects_own_migrations_make():
+    """Runs the installed Prefect's migrations (seconds) and compares their schema."""
+    p = subprocess.run([sys.executable, "-m", "flows.prefect_sqlite", "--check"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_later_starts_only_say_the_api_is_starting(early):
