@@ -10,7 +10,7 @@ downloaded), then times, as whole processes: the seed's one-image loop,
 clip-retrieval's inference where an interpreter has it (``--clip-retrieval``; it pins
 numpy<2 and pyarrow<16, so it lives in a venv of its own), ``flows/vectorize.py``
 (start-up, Prefect and the commit included) twice: first on a fresh Prefect home,
-whose database Prefect creates on first use, then again as later runs find it, and
+whose database is created on first use, then again as later runs find it, and
 the model alone. Results: a table on stdout and JSON in --out.
 
     python -m venv --system-site-packages ../crvenv
