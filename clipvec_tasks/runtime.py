@@ -3,6 +3,8 @@ process-level settings around them."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .errors import ClipvecError
@@ -41,7 +43,25 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ClipvecError(f"runtime.precision must be auto, fp32, bf16 or fp16, not '{p}'.")
     if p == "fp16" and device.type == "cpu":
         raise ClipvecError("runtime.precision=fp16 needs a GPU; on CPU use fp32 or bf16.")
+    if p == "bf16" and device.type == "cpu" and not cpu_has_bf16() and not _told.get("bf16"):
+        _told["bf16"] = True  # once per process, however many places resolve it
+        warnings.warn("clipvec: runtime.precision=bf16 on a CPU without AVX-512 BF16 or AMX: "
+                      "torch emulates bf16 there, usually several times slower than fp32 "
+                      "(runtime.precision=fp32, the CPU default, is faster here)", stacklevel=2)
     return p
+
+
+_told: dict[str, bool] = {}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX), where bf16 runs
+    about 3-4x faster than fp32 (ViT-B/32 on a 2-core EPYC: 85 against 22 img/s)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(getattr(torch.cpu, name)() for name in probes if hasattr(torch.cpu, name))
+    except RuntimeError:
+        return False
 
 
 # GPU batches amortise kernel launches and keep the tensor cores fed; shards long enough

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,3 +35,31 @@ def test_sizes_must_be_auto_or_positive(bad):
         JobConfig.from_dict(_cfg(bad, 4))
     with pytest.raises(ClipvecError, match="runtime.batch_size"):
         JobConfig.from_dict(_cfg(4, bad))
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_that_fp32_is_faster(monkeypatch):
+    import warnings
+
+    from clipvec_tasks import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "_told", {})
+    with pytest.warns(UserWarning, match="without AVX-512 BF16 or AMX") as told:
+        assert runtime.resolve_precision("bf16", cpu) == "bf16"
+        assert runtime.resolve_precision("bf16", cpu) == "bf16"
+    assert len(told) == 1  # once per process
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert runtime.resolve_precision("bf16", cpu) == "bf16"
+        assert runtime.resolve_precision("auto", cpu) == "fp32"  # auto never picks bf16 on CPU
+        assert runtime.resolve_precision("bf16", torch.device("cuda")) == "bf16"
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads Linux's CPU flags")
+def test_cpu_bf16_probe_agrees_with_the_cpu_flags():
+    from clipvec_tasks import runtime
+
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    assert runtime.cpu_has_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
