@@ -6,9 +6,10 @@ most of which rebuild tables): about 5 s of a 2-core machine's first run,
 longer than embedding a hundred images there. The schema those migrations
 end at is fixed by their last revision, so clipvec carries it as SQL text
 (``prefect_sqlite/<revision>.sql``, the ``sqlite3`` dump of a database Prefect
-migrated itself) and, where the installed Prefect's last migration is that
-revision, creates the new database from it; Prefect then finds it up to date.
-Any other Prefect version migrates as usual. ``python -m flows.prefect_sqlite``
+migrated itself) and, where that revision is on the installed Prefect's
+migration history, creates the new database from it: Prefect then finds it up
+to date, or runs only the migrations of its releases since. A Prefect whose
+history holds no template (an older one) migrates as usual. ``python -m flows.prefect_sqlite``
 writes the file for the installed Prefect; a test checks it equals what
 Prefect's own migrations make.
 
@@ -40,14 +41,13 @@ def _migrations_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def installed_head() -> str | None:
-    """The last SQLite migration of the installed Prefect, read from its migration files;
-    None when they cannot be read as one linear history."""
+def installed_history() -> list[str] | None:
+    """The installed Prefect's SQLite migrations, newest first, read from its migration
+    files; None when they cannot be read as one linear history."""
     folder = _migrations_dir()
     if folder is None:
         return None
-    revisions: set[str] = set()
-    parents: set[str] = set()
+    parent: dict[str, str | None] = {}
     for path in folder.glob("*.py"):
         if path.name.startswith("__"):
             continue
@@ -56,27 +56,42 @@ def installed_head() -> str | None:
         except OSError:
             return None
         rev, down = _REVISION.search(text), _DOWN.search(text)
-        if rev is None or down is None:
+        if rev is None or down is None or rev.group(1) in parent:
             return None  # a layout this reader does not know (a merge, a tuple): migrate
-        revisions.add(rev.group(1))
-        if down.group(2):
-            parents.add(down.group(2))
-    heads = revisions - parents
-    return next(iter(heads)) if len(heads) == 1 else None
-
-
-def template_for(head: str | None) -> Path | None:
-    if head is None:
+        parent[rev.group(1)] = down.group(2)
+    heads = set(parent) - {p for p in parent.values() if p}
+    if len(heads) != 1:
         return None
-    path = TEMPLATES / f"{head}.sql"
-    return path if path.is_file() else None
+    history = [heads.pop()]
+    while (up := parent.get(history[-1])) is not None:
+        if up not in parent:
+            return None
+        history.append(up)
+    return history if len(history) == len(parent) else None
+
+
+def installed_head() -> str | None:
+    """The last SQLite migration of the installed Prefect."""
+    history = installed_history()
+    return history[0] if history else None
+
+
+def template_for(history: list[str] | None) -> Path | None:
+    """The newest template on the installed Prefect's migration history: its head's, or
+    an earlier one's (Prefect then runs only the migrations after it, as it would have
+    on its way from an empty database)."""
+    for revision in history or ():
+        path = TEMPLATES / f"{revision}.sql"
+        if path.is_file():
+            return path
+    return None
 
 
 def create_database(database: Path) -> bool:
-    """Create Prefect's database at ``database`` from the template of the installed
-    Prefect's schema; False (and nothing written) when there is none, or when the
-    file appeared meanwhile (another command is creating it)."""
-    template = template_for(installed_head())
+    """Create Prefect's database at ``database`` from the newest template on the installed
+    Prefect's migration history; False (and nothing written) when there is none, or
+    when the file appeared meanwhile (another command is creating it)."""
+    template = template_for(installed_history())
     if template is None or database.exists():
         return False
     database.parent.mkdir(parents=True, exist_ok=True)

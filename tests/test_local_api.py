@@ -54,9 +54,10 @@ def early(tmp_path, monkeypatch):
 
 
 HEAD = prefect_sqlite.installed_head()
+TEMPLATE = prefect_sqlite.template_for(prefect_sqlite.installed_history())
 needs_template = pytest.mark.skipif(
-    prefect_sqlite.template_for(HEAD) is None,
-    reason=f"no schema template for the installed Prefect's migrations ({HEAD}): "
+    TEMPLATE is None,
+    reason=f"no schema template on the installed Prefect's migrations (head {HEAD}): "
            "python -m flows.prefect_sqlite writes it")
 
 
@@ -65,7 +66,8 @@ def test_first_start_creates_the_database_from_the_template(early):
     local_api.start_early()
     db = early / "prefect.db"
     with sqlite3.connect(db) as conn:
-        assert conn.execute("select version_num from alembic_version").fetchall() == [(HEAD,)]
+        assert conn.execute("select version_num from alembic_version").fetchall() == [
+            (TEMPLATE.stem,)]
         tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
     assert {"flow", "flow_run", "task_run", "block_document"} <= tables
     note = local_api.starting_note()
@@ -115,12 +117,39 @@ def test_head_is_read_from_the_migration_files(tmp_path, monkeypatch):
         (tmp_path / f"2026_{name}.py").write_text(
             f'"""m"""\nrevision = "{rev}"\ndown_revision = {down_text}\n')
     monkeypatch.setattr(prefect_sqlite, "_migrations_dir", lambda: tmp_path)
+    assert prefect_sqlite.installed_history() == ["ccc3", "bbb2", "aaa1"]
     assert prefect_sqlite.installed_head() == "ccc3"
     (tmp_path / "2026_d.py").write_text('revision = "ddd4"\ndown_revision = "bbb2"\n')
     assert prefect_sqlite.installed_head() is None  # two heads: not one linear history
 
 
-@needs_template
+def test_a_newer_prefect_starts_from_the_newest_template_on_its_history(tmp_path, monkeypatch):
+    """Prefect releases add migrations; a template of an earlier revision on the installed
+    history still spares all the migrations up to it (Prefect runs the rest)."""
+    migrations, templates = tmp_path / "versions", tmp_path / "templates"
+    migrations.mkdir()
+    templates.mkdir()
+    for rev, down in [("aaa1", None), ("bbb2", "aaa1"), ("ccc3", "bbb2")]:
+        down_text = "None" if down is None else f'"{down}"'
+        (migrations / f"m_{rev}.py").write_text(
+            f'revision = "{rev}"\ndown_revision = {down_text}\n')
+    for rev in ("aaa1", "bbb2", "zzz9"):  # zzz9: another Prefect line's, never used here
+        (templates / f"{rev}.sql").write_text(
+            "BEGIN TRANSACTION;\nCREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL);\n"
+            f"INSERT INTO \"alembic_version\" VALUES('{rev}');\nCOMMIT;\n")
+    monkeypatch.setattr(prefect_sqlite, "_migrations_dir", lambda: migrations)
+    monkeypatch.setattr(prefect_sqlite, "TEMPLATES", templates)
+    db = tmp_path / "home" / "prefect.db"
+    assert prefect_sqlite.create_database(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("select version_num from alembic_version").fetchall() == [("bbb2",)]
+    (templates / "aaa1.sql").unlink()
+    (templates / "bbb2.sql").unlink()
+    assert not prefect_sqlite.create_database(tmp_path / "other" / "prefect.db")
+
+
+@pytest.mark.skipif(not (prefect_sqlite.TEMPLATES / f"{HEAD}.sql").is_file(),
+                    reason=f"no schema template for the installed Prefect's head ({HEAD})")
 def test_the_template_is_what_prefects_own_migrations_make():
     """Runs the installed Prefect's migrations (seconds) and compares their schema."""
     p = subprocess.run([sys.executable, "-m", "flows.prefect_sqlite", "--check"], cwd=ROOT,
