@@ -11,7 +11,9 @@ clip-retrieval's inference where an interpreter has it (``--clip-retrieval``; it
 numpy<2 and pyarrow<16, so it lives in a venv of its own), ``flows/vectorize.py``
 (start-up, Prefect and the commit included) twice: first on a fresh Prefect home,
 whose database is created on first use, then again as later runs find it, and
-the model alone. Results: a table on stdout and JSON in --out.
+the model alone. On a CPU with AVX-512 BF16 or AMX, an fp32 run also times clipvec
+with runtime.precision=bf16 and the bf16 model-only bound (the issue's 3x case;
+--no-bf16 leaves it out). Results: a table on stdout and JSON in --out.
 
     python -m venv --system-site-packages ../crvenv
     ../crvenv/bin/pip install clip-retrieval "setuptools<81"
@@ -112,8 +114,15 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
                    help="also time clipvec (a later run) with these space-separated overrides, "
                         "e.g. --variant 'draft=runtime.jpeg_draft=true'")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="on a CPU with AVX-512 BF16 or AMX, do not add the bf16 variant (and "
+                        "its model-only bound) that an fp32 CPU run otherwise adds")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    bf16 = (args.device == "cpu" and args.precision == "fp32" and not args.no_bf16
+            and _cpu_has_bf16() and not any(v.startswith("bf16=") for v in args.variant))
+    if bf16:
+        args.variant.append("bf16=runtime.precision=bf16")
     work = Path(tempfile.mkdtemp(prefix="clipvec-bench-"))
     corpus, ckpt = _corpus(args, work), _checkpoint()
     n_images = sum(1 for _ in corpus.rglob("*.jpg"))
@@ -145,6 +154,11 @@ def main() -> None:
                               "steady_img_per_s": float(v_steady.group(1)) if v_steady else None}
         _, mo = _timed([sys.executable, "bench/model_only.py", "open_clip_vit_b32", str(ckpt),
                         args.device, args.precision, str(args.batch_size)], env)
+        if bf16:
+            _, mo16 = _timed([sys.executable, "bench/model_only.py", "open_clip_vit_b32",
+                              str(ckpt), args.device, "bf16", str(args.batch_size)], env)
+            variants["bf16"]["model_only_img_per_s"] = round(
+                json.loads(mo16.strip().splitlines()[-1])["img_per_s"], 1)
         rows.append({
             "seed_loop_wall_s": round(wall, 2),
             "seed_loop_img_per_s": round(seed["img_per_s"], 1),
@@ -173,8 +187,8 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def _machine() -> str:
-    """The CPU's model name, core count and whether it has bf16 instructions."""
+def _cpuinfo() -> tuple[str, set[str]]:
+    """The CPU's model name and flags (Linux's /proc/cpuinfo; elsewhere, no flags)."""
     name, flags = platform.processor() or platform.machine(), set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -183,8 +197,17 @@ def _machine() -> str:
                 name = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
-    bf16 = "with" if flags & {"avx512_bf16", "amx_bf16"} else "without"
-    return f"{name}, {os.cpu_count()} cores, {bf16} AVX-512 BF16/AMX"
+    return name, flags
+
+
+def _cpu_has_bf16() -> bool:
+    return bool(_cpuinfo()[1] & {"avx512_bf16", "amx_bf16"})
+
+
+def _machine() -> str:
+    """The CPU's model name, core count and whether it has bf16 instructions."""
+    bf16 = "with" if _cpu_has_bf16() else "without"
+    return f"{_cpuinfo()[0]}, {os.cpu_count()} cores, {bf16} AVX-512 BF16/AMX"
 
 
 def _clipvec(args: argparse.Namespace, corpus: Path, ckpt: Path, sink: Path,
@@ -208,8 +231,14 @@ def _report(r: dict, whole: bool) -> str:
         if whole and r.get(key):
             parts.append(f"{name} {r[key]} s ({r[key] / later:.2f}x; {r[key] / first:.2f}x "
                          "against the first run)")
-    variants = "".join(f"\n{name} ({v['overrides']}): {v['wall_s']} s, steady "
-                       f"{v['steady_img_per_s']} img/s" for name, v in r["variants"].items())
+    cr = r.get("clip_retrieval_wall_s") if whole else None
+    variants = "".join(
+        f"\n{name} ({v['overrides']}): {v['wall_s']} s"
+        + (f" ({cr / v['wall_s']:.2f}x against clip-retrieval)" if cr else "")
+        + f", steady {v['steady_img_per_s']} img/s"
+        + (f" vs model-only {v['model_only_img_per_s']} img/s"
+           if v.get("model_only_img_per_s") else "")
+        for name, v in r["variants"].items())
     return ("; ".join(parts) + f"\nsteady: clipvec {r['clipvec_steady_img_per_s']} img/s vs "
             f"model-only {r['model_only_img_per_s']} img/s; seed loop "
             f"{r['seed_loop_img_per_s']} img/s" + variants)
