@@ -18,6 +18,7 @@ Nothing here imports Prefect: the early server starts before Prefect is imported
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -94,26 +95,25 @@ def create_database(database: Path) -> bool:
     template = template_for(installed_history())
     if template is None or database.exists():
         return False
-    database.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".prefect-", suffix=".db", dir=database.parent)
-    os.close(fd)
+    tmp: str | None = None
     try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".prefect-", suffix=".db", dir=database.parent)
+        os.close(fd)
         conn = sqlite3.connect(tmp)
         try:
             conn.executescript(template.read_text(encoding="utf-8"))
         finally:
             conn.close()
-        try:
-            os.link(tmp, database)  # never replaces a database another command made
-        except FileExistsError:
-            return False
-        except OSError:
-            return False  # no hard links here: leave the creation to Prefect
+        os.link(tmp, database)  # never replaces a database another command made
         return True
-    except sqlite3.Error:
+    except (OSError, sqlite3.Error):
+        # it exists now, or this folder refuses files or hard links: Prefect creates it
         return False
     finally:
-        os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def dump(database: Path) -> str:
@@ -131,7 +131,7 @@ def canonical(sql: str) -> list[str]:
     statements: list[str] = []
     lines: list[str] = []
     constraints: list[str] = []
-    for line in sql.splitlines(keepends=True):
+    for line in sql.splitlines():
         item = line.strip().rstrip(",").rstrip()
         if item.startswith("CONSTRAINT "):
             constraints.append(item)

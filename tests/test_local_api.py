@@ -187,3 +187,13 @@ def test_server_output_goes_to_its_log_and_a_failed_start_says_why(early):
     assert "exited with code 1" in msg and "address already in use" in msg
     assert "old run's noise" not in msg and "PREFECT_API_URL" in msg
     assert "old run's noise" in (early / "clipvec-local-api.log").read_text()
+
+
+@needs_template
+def test_a_home_that_refuses_files_leaves_the_database_to_prefect(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(prefect_sqlite.tempfile, "mkstemp", refuse)
+    assert not prefect_sqlite.create_database(tmp_path / "home" / "prefect.db")
+    assert not (tmp_path / "home" / "prefect.db").exists()
