@@ -180,15 +180,7 @@ def commit(uri: str, fragments: Sequence[str], dim: int, metadata: dict[str, Any
         doomed = set(replace)
         if ds.version != base_version:  # someone committed since we planned (or created it)
             doomed |= _ids_committed_since(ds, base_version) & written
-        removed, updated = [], []
-        if doomed:
-            pred = "id IN (" + ",".join(_quote(i) for i in sorted(doomed)) + ")"
-            for frag in ds.get_fragments():
-                after = frag.delete(pred)
-                if after is None:
-                    removed.append(frag.fragment_id)
-                elif after.deletion_file != frag.metadata.deletion_file:
-                    updated.append(after)
+        removed, updated = _delete_rows(ds, doomed)
         if removed or updated:
             op = lance.LanceOperation.Update(removed_fragment_ids=removed,
                                              updated_fragments=updated, new_fragments=new)
@@ -203,6 +195,35 @@ def commit(uri: str, fragments: Sequence[str], dim: int, metadata: dict[str, Any
                 raise
             base_version = ds.version
     raise ClipvecError(f"Could not commit to '{uri}': too many concurrent writers.")
+
+
+def _delete_rows(ds: lance.LanceDataset, ids: set[str]) -> tuple[list[int], list[Any]]:
+    """Deletion of the rows of ``ids``, for an Update operation: (ids of fragments left
+    empty, fragments with a new deletion file). One streamed scan of the id column finds
+    the fragments that hold them; each of those is given only its own ids, so a commit
+    costs one scan plus the ids, not fragments x ids (an incremental run over a dataset
+    of thousands of shards' fragments, or a re-synced bucket's many changed files)."""
+    import pyarrow.compute as pc
+
+    if not ids:
+        return [], []
+    wanted = pa.array(sorted(ids), pa.string())
+    holders: dict[int, list[str]] = {}
+    for batch in ds.to_batches(columns=["id"], with_row_address=True, batch_size=1 << 16):
+        hit = batch.filter(pc.is_in(batch.column("id"), value_set=wanted))
+        if hit.num_rows:
+            fragments = pc.shift_right(hit.column("_rowaddr"), 32).to_pylist()
+            for fragment, row_id in zip(fragments, hit.column("id").to_pylist(), strict=True):
+                holders.setdefault(fragment, []).append(row_id)
+    removed, updated = [], []
+    for fragment_id, held in sorted(holders.items()):
+        frag = ds.get_fragment(fragment_id)
+        after = frag.delete("id IN (" + ",".join(_quote(i) for i in sorted(set(held))) + ")")
+        if after is None:
+            removed.append(fragment_id)
+        elif after.deletion_file != frag.metadata.deletion_file:
+            updated.append(after)
+    return removed, updated
 
 
 def _restore_overwritten(ds: lance.LanceDataset, written: set[str],

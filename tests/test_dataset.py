@@ -52,6 +52,40 @@ def test_changed_rows_are_replaced_in_one_version(tmp_path):
     assert row["embedding"] == [[2.0] * DIM]
 
 
+def test_replacing_rows_touches_only_the_fragments_that_hold_them(tmp_path, monkeypatch):
+    """Changed inputs spread over several shards' fragments: only those fragments are
+    asked to delete (one emptied is dropped); the others are not even scanned again."""
+    from lance.fragment import LanceFragment
+
+    uri = str(tmp_path / "d.lance")
+    dataset.commit(uri, _frags(uri, ["a", "b"]), DIM, META, new_ids={"a", "b"})
+    for version, shard in enumerate((["c", "d"], ["e"], ["f", "g"]), start=1):
+        dataset.commit(uri, _frags(uri, shard), DIM, META, new_ids=set(shard),
+                       base_version=version)
+    frag_of = {i: f.fragment_id for f in dataset.open_dataset(uri).get_fragments()
+               for i in f.to_table(columns=["id"])["id"].to_pylist()}
+    assert len(set(frag_of.values())) == 4
+    asked: list[int] = []
+    real_delete = LanceFragment.delete
+
+    def delete(self, predicate):
+        asked.append(self.fragment_id)
+        return real_delete(self, predicate)
+
+    monkeypatch.setattr(LanceFragment, "delete", delete)
+    ds = dataset.commit(uri, _frags(uri, ["b", "e", "g"], value=2.0), DIM, META,
+                        new_ids={"b", "e", "g"}, replace_ids={"b", "e", "g", "zz"},
+                        base_version=4)
+    assert sorted(asked) == sorted({frag_of["b"], frag_of["e"], frag_of["g"]})
+    assert _ids(uri) == ["a", "b", "c", "d", "e", "f", "g"]
+    after = {f.fragment_id: f.metadata.deletion_file for f in ds.get_fragments()}
+    assert frag_of["e"] not in after  # emptied, dropped
+    assert after[frag_of["c"]] is None  # c and d's fragment is as it was
+    assert after[frag_of["a"]] is not None and after[frag_of["f"]] is not None
+    new = ds.to_table(filter="id IN ('b', 'e', 'g')").to_pydict()
+    assert new["embedding"] == [[2.0] * DIM] * 3
+
+
 def test_concurrent_runs_planned_on_one_version_leave_one_row_per_id(tmp_path):
     uri = str(tmp_path / "d.lance")
     dataset.commit(uri, _frags(uri, ["a"]), DIM, META, new_ids={"a"})
