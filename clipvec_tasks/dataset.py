@@ -149,7 +149,8 @@ def commit(uri: str, fragments: Sequence[str], dim: int, metadata: dict[str, Any
            ) -> lance.LanceDataset:
     """Make one new version holding ``fragments``, with one row per id.
 
-    ``new_ids`` are the ids the fragments hold. Rows of ``replace_ids``
+    ``new_ids`` are the ids the fragments hold (an iterable read only when a concurrent
+    run makes them needed: a run's ids can be millions). Rows of ``replace_ids``
     (changed inputs) are deleted in the same commit, as are rows that a
     concurrent run committed after ``base_version`` for any of ``new_ids``.
     Conflicting commits are retried.
@@ -159,7 +160,14 @@ def commit(uri: str, fragments: Sequence[str], dim: int, metadata: dict[str, Any
 
     new = [FragmentMetadata.from_json(f) for f in fragments]
     replace = set(replace_ids)
-    written = set(new_ids)
+    written_ids: set[str] | None = None
+
+    def written() -> set[str]:
+        nonlocal written_ids
+        if written_ids is None:
+            written_ids = set(new_ids)
+        return written_ids
+
     for _ in range(10):
         ds = open_dataset(uri, storage_options)
         if ds is None:
@@ -176,10 +184,10 @@ def commit(uri: str, fragments: Sequence[str], dim: int, metadata: dict[str, Any
                 return created
             # another run created the dataset first and this overwrite replaced it:
             # bring its rows back, less the ids this commit wrote
-            return _restore_overwritten(created, written, storage_options, message)
+            return _restore_overwritten(created, written(), storage_options, message)
         doomed = set(replace)
         if ds.version != base_version:  # someone committed since we planned (or created it)
-            doomed |= _ids_committed_since(ds, base_version) & written
+            doomed |= _ids_committed_since(ds, base_version) & written()
         removed, updated = _delete_rows(ds, doomed)
         if removed or updated:
             op = lance.LanceOperation.Update(removed_fragment_ids=removed,

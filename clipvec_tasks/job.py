@@ -293,7 +293,7 @@ def commit_run(job: JobConfig, run: RunPlan, results: list[dict[str, Any]],
     metadata = {"model": described, "model_fingerprint": model["model_fingerprint"],
                 "source": {"uri": job.source_uri}, **extra_meta}
     ds = dataset.commit(job.sink_uri, fragments, described["dim"], metadata,
-                        new_ids=run.plan.ids, replace_ids=replace,
+                        new_ids=run.plan.ids(), replace_ids=replace,
                         base_version=run.base_version, storage_options=job.sink_options,
                         message=f"clipvec run {run_id}")
     if run.plan.shards:

@@ -7,7 +7,7 @@ a killed run rerun over the same source and model resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +34,9 @@ class Plan:
     def todo(self) -> int:
         return sum(len(s.items) for s in self.shards)
 
-    @property
-    def ids(self) -> set[str]:
-        return {i.id for s in self.shards for i in s.items}
+    def ids(self) -> Iterator[str]:
+        """The ids the plan embeds (a generator: a plan can hold millions)."""
+        return (i.id for s in self.shards for i in s.items)
 
 
 def _same(item: SourceItem, known: tuple[Any, ...]) -> bool:
