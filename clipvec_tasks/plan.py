@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .sources import SourceItem
@@ -39,22 +40,32 @@ class Plan:
         return (i.id for s in self.shards for i in s.items)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(t: datetime) -> int:
+    """Microseconds since the epoch (a naive time is taken as UTC, as Arrow takes it)."""
+    return ((t if t.tzinfo else t.replace(tzinfo=UTC)) - _EPOCH) // _MICROSECOND
+
+
 def _same(item: SourceItem, known: tuple[Any, ...]) -> bool:
-    size, etag, mtime = known
+    size, etag, mtime = known  # mtime: microseconds since the epoch (dataset.fingerprints)
     if item.size != size:
         return False
     if item.etag or etag:
         return item.etag == etag
     if item.mtime is None or mtime is None:
         return item.mtime is None and mtime is None
-    return abs(item.mtime.timestamp() - mtime.timestamp()) < 1e-3
+    return abs(micros(item.mtime) - mtime) < 1000
 
 
 def make_plan(items: Iterable[SourceItem], existing: Mapping[str, tuple[Any, ...]],
               shard_size: int, salt: str) -> Plan:
     """New and changed items, in listing order, in shards of ``shard_size``.
 
-    ``existing`` maps id -> (size, etag, mtime) of rows already in the dataset;
+    ``existing`` maps id -> (size, etag, mtime in microseconds since the epoch) of rows
+    already in the dataset (:func:`dataset.fingerprints`);
     ``salt`` (model fingerprint and dataset version) goes into the plan id.
     """
     h = hashlib.sha256(f"{salt}|{shard_size}".encode())
