@@ -220,7 +220,7 @@ def _delete_rows(ds: lance.LanceDataset, ids: set[str]) -> tuple[list[int], list
 
     if not ids:
         return [], []
-    wanted = pa.array(sorted(ids), pa.string())
+    wanted = pa.array(list(ids), pa.string())
     holders: dict[int, list[str]] = {}
     for batch in ds.to_batches(columns=["id"], with_row_address=True, batch_size=1 << 16):
         hit = batch.filter(pc.is_in(batch.column("id"), value_set=wanted))

@@ -43,15 +43,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ClipvecError(f"runtime.precision must be auto, fp32, bf16 or fp16, not '{p}'.")
     if p == "fp16" and device.type == "cpu":
         raise ClipvecError("runtime.precision=fp16 needs a GPU; on CPU use fp32 or bf16.")
-    if p == "bf16" and device.type == "cpu" and not cpu_has_bf16() and not _told.get("bf16"):
-        _told["bf16"] = True  # once per process, however many places resolve it
+    global _warned_bf16
+    if p == "bf16" and device.type == "cpu" and not _warned_bf16 and not cpu_has_bf16():
+        _warned_bf16 = True  # once per process, however many places resolve it
         warnings.warn("clipvec: runtime.precision=bf16 on a CPU without AVX-512 BF16 or AMX: "
                       "torch emulates bf16 there, usually several times slower than fp32 "
                       "(runtime.precision=fp32, the CPU default, is faster here)", stacklevel=2)
     return p
 
 
-_told: dict[str, bool] = {}
+_warned_bf16 = False
 
 
 def cpu_has_bf16() -> bool:

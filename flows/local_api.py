@@ -29,7 +29,7 @@ from flows import prefect_sqlite
 _proc: subprocess.Popen[bytes] | None = None
 _url: str | None = None
 _new_database: Path | None = None  # the database the early server creates on first start
-_from_template = False  # ... which was made from prefect_sqlite's template (no migrations)
+_from_template = False  # ... made from a prefect_sqlite template (few or no migrations left)
 _log: tuple[Path, int] | None = None  # the server's log file, and where this start began
 
 

@@ -44,12 +44,13 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_that_fp32_is_faster(monkeypatch
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
-    monkeypatch.setattr(runtime, "_told", {})
+    monkeypatch.setattr(runtime, "_warned_bf16", False)
     with pytest.warns(UserWarning, match="without AVX-512 BF16 or AMX") as told:
         assert runtime.resolve_precision("bf16", cpu) == "bf16"
         assert runtime.resolve_precision("bf16", cpu) == "bf16"
     assert len(told) == 1  # once per process
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "_warned_bf16", False)  # a fresh process
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert runtime.resolve_precision("bf16", cpu) == "bf16"
