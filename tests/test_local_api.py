@@ -197,3 +197,16 @@ def test_a_home_that_refuses_files_leaves_the_database_to_prefect(tmp_path, monk
     monkeypatch.setattr(prefect_sqlite.tempfile, "mkstemp", refuse)
     assert not prefect_sqlite.create_database(tmp_path / "home" / "prefect.db")
     assert not (tmp_path / "home" / "prefect.db").exists()
+
+
+def test_starting_the_server_early_imports_nothing_heavy(tmp_path):
+    """The early server is launched before Prefect, torch or the model are imported (that
+    is what lets their start-ups overlap); the template code must not import them either."""
+    code = ("import sys; from flows import local_api, prefect_sqlite; "
+            "prefect_sqlite.installed_history(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'prefect', 'torch', 'lance', 'pyarrow', 'open_clip', 'sqlalchemy', 'numpy'}))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "PREFECT_HOME": str(tmp_path)})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
