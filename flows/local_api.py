@@ -129,6 +129,7 @@ def wait(timeout: float | None = None) -> None:
         try:
             with urllib.request.urlopen(f"{_url}/health", timeout=1) as r:
                 if r.status == 200:
+                    _first_request()
                     return
         except OSError:
             pass
@@ -136,6 +137,18 @@ def wait(timeout: float | None = None) -> None:
     raise ClipvecError(f"Prefect's local API server did not start within {timeout:.0f} s "
                        f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS sets how long to "
                        f"wait){_log_tail()}\n{_INSTEAD}")
+
+
+def _first_request() -> None:
+    """Make the server's first API request now. Prefect's server answers its first request
+    after its health check slowly (0.57 s on 2 cores, then 3 ms: it sets itself up on
+    first use); made here, that happens while this process is still loading the model,
+    not when the flow run asks for the API version. Its answer does not matter."""
+    try:
+        with urllib.request.urlopen(f"{_url}/admin/version", timeout=30) as r:
+            r.read()
+    except OSError:
+        pass
 
 
 _INSTEAD = ("To use a Prefect server of your own instead, start one (prefect server start) "

@@ -210,3 +210,32 @@ def test_starting_the_server_early_imports_nothing_heavy(tmp_path):
                        timeout=60, env={**os.environ, "PREFECT_HOME": str(tmp_path)})
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+def test_wait_makes_the_servers_first_api_request_once_healthy(monkeypatch):
+    """Prefect's server is slow on its first request after the health check; wait() makes
+    that request itself (while the model is still loading), after the server is healthy."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'"3.9.1"')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(local_api, "_proc", _FakeServer())
+        monkeypatch.setattr(local_api, "_url", f"http://127.0.0.1:{server.server_port}/api")
+        local_api.wait(timeout=10)
+    finally:
+        server.shutdown()
+    assert seen == ["/api/health", "/api/admin/version"]
