@@ -200,14 +200,15 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return name, flags
 
 
-def _cpu_has_bf16() -> bool:
-    return bool(_cpuinfo()[1] & {"avx512_bf16", "amx_bf16"})
+def _cpu_has_bf16(flags: set[str] | None = None) -> bool:
+    return bool((_cpuinfo()[1] if flags is None else flags) & {"avx512_bf16", "amx_bf16"})
 
 
 def _machine() -> str:
     """The CPU's model name, core count and whether it has bf16 instructions."""
-    bf16 = "with" if _cpu_has_bf16() else "without"
-    return f"{_cpuinfo()[0]}, {os.cpu_count()} cores, {bf16} AVX-512 BF16/AMX"
+    name, flags = _cpuinfo()
+    bf16 = "with" if _cpu_has_bf16(flags) else "without"
+    return f"{name}, {os.cpu_count()} cores, {bf16} AVX-512 BF16/AMX"
 
 
 def _clipvec(args: argparse.Namespace, corpus: Path, ckpt: Path, sink: Path,
