@@ -12,20 +12,23 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import dataset, staging
 from .decode import DEFAULT_MAX_PIXELS, DecodePolicy
 from .embedder import Embedder, model_fingerprint
 from .errors import ClipvecError
 from .members import MemberConfig, WeightsConfig, load_member, resolve_weights
-from .plan import Plan, Shard, make_plan
+from .plan import Plan, Shard, listing_table, make_plan
 from .progress import Progress
 from .registry import get_spec
 from .runtime import resolve_batch_size, resolve_device, resolve_precision, resolve_shard_size
 from .shard import embed_items
-from .sources import SourceItem, list_images, read_bytes
+from .sources import list_images, read_bytes
 from .weights import DEFAULT_CACHE_DIR, parse_pretrained
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -144,10 +147,11 @@ def _sink_uri(uri: str) -> str:
 
 # ---- listing and weights -------------------------------------------------------------
 
-def list_source(job: JobConfig) -> list[SourceItem]:
-    """The frozen listing of the source; an error when it holds no images."""
-    items = list(list_images(job.source_uri, job.source_options))
-    if not items:
+def list_source(job: JobConfig) -> pa.Table:
+    """The frozen listing of the source (a :data:`plan.LISTING` table); an error when it
+    holds no images."""
+    items = listing_table(list_images(job.source_uri, job.source_options))
+    if not items.num_rows:
         raise ClipvecError(
             f"The source '{job.source_uri}' holds no images (looked for files named *.jpg, "
             "*.png, *.webp, *.gif, *.tif, ... in all subfolders). Check source.uri."
@@ -186,10 +190,11 @@ class RunPlan:
         return [s for s in self.plan.shards if s.index not in self.done]
 
 
-def plan_run(job: JobConfig, items: list[SourceItem], model: dict[str, Any]) -> RunPlan:
-    """Compare the listing with the dataset; refuse a dataset of another model."""
+def plan_run(job: JobConfig, items: pa.Table, model: dict[str, Any]) -> RunPlan:
+    """Compare the listing (:func:`list_source`) with the dataset; refuse a dataset of
+    another model."""
     ds = dataset.open_dataset(job.sink_uri, job.sink_options)
-    existing: dict[str, tuple[Any, ...]] = {}
+    existing = None
     base = None
     if ds is not None:
         dataset.check_compatible(ds, model["model_fingerprint"], model["model"]["dim"],

@@ -40,14 +40,28 @@ def _item(fs: AbstractFileSystem, path: str, info: dict[str, Any]) -> SourceItem
     etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
     mtime = info.get("mtime") or info.get("LastModified") or info.get("updated") \
         or info.get("last_modified")
-    if isinstance(mtime, int | float):
-        mtime = datetime.fromtimestamp(mtime, tz=UTC)
-    elif isinstance(mtime, str):
-        mtime = datetime.fromisoformat(mtime.replace("Z", "+00:00"))
-    if isinstance(mtime, datetime) and mtime.tzinfo is None:
-        mtime = mtime.replace(tzinfo=UTC)
     return SourceItem(uri, uri, int(info.get("size") or 0), str(etag).strip('"') if etag else None,
-                      mtime)
+                      _datetime(mtime))
+
+
+def _datetime(value: Any) -> datetime | None:
+    """A modification time as an aware datetime: from epoch seconds, an ISO string or a
+    datetime (naive ones are UTC); None for anything else."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=UTC)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return datetime.fromtimestamp(float(text), tz=UTC)
+        except (ValueError, OverflowError, OSError):
+            pass
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return None
 
 
 def resolve(uri: str, storage_options: dict[str, Any] | None = None
@@ -172,7 +186,8 @@ def _uri_list(fs: AbstractFileSystem, path: str) -> Iterator[SourceItem]:
                 size = data.get(cols.get("size", ""), [0] * (i + 1))[i] or 0
                 etag = data.get(cols.get("etag", ""), [None] * (i + 1))[i]
                 mtime = data.get(cols.get("mtime", ""), [None] * (i + 1))[i]
-                yield SourceItem(uri, uri, int(size), str(etag) if etag else None, mtime)
+                yield SourceItem(uri, uri, int(size), str(etag) if etag else None,
+                                 _datetime(mtime))
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:

@@ -55,7 +55,7 @@ def _shard_name() -> str:
 
 
 @task(name="list-source", cache_policy=NO_CACHE)
-def list_source(job: J.JobConfig) -> list:
+def list_source(job: J.JobConfig) -> Any:
     return J.list_source(job)
 
 
@@ -70,7 +70,7 @@ def fetch_weights(job: J.JobConfig) -> dict[str, Any] | str:
 
 
 @task(name="plan", cache_policy=NO_CACHE)
-def plan(job: J.JobConfig, items: list, model: dict[str, Any]) -> J.RunPlan | str:
+def plan(job: J.JobConfig, items: Any, model: dict[str, Any]) -> J.RunPlan | str:
     try:
         return J.plan_run(job, items, model)
     except ClipvecError as e:
@@ -124,10 +124,11 @@ def vectorize(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(model, str):
         return Failed(message=model)
     run = plan(job, items, model)
+    del items  # the plan's shards hold what is left to do; the listing can go
     if isinstance(run, str):
         return Failed(message=run)
     logger.info("%d images listed, %d new or changed, %d shard(s) to embed (%d resumed)",
-                len(items), run.plan.todo, len(run.pending), len(run.done))
+                run.plan.listed, run.plan.todo, len(run.pending), len(run.done))
     results: list[dict[str, Any]] = list(run.done.values())
     version = None
     if run.pending:
@@ -135,7 +136,7 @@ def vectorize(config: dict[str, Any]) -> dict[str, Any]:
     results.sort(key=lambda r: r["shard"])
     if run.plan.shards or (job.on_deleted == "delete" and run.plan.deleted_ids):
         version = commit(job, run, results, model, run_id)
-    summary = J.summarize(run, results, len(items), model["model"]["dim"], version,
+    summary = J.summarize(run, results, run.plan.listed, model["model"]["dim"], version,
                           time.perf_counter() - t0)
     summary["sink"] = job.sink_uri
     _artifact(summary, job.sink_uri)
@@ -152,7 +153,7 @@ def _embed_all(job: J.JobConfig, run: J.RunPlan, run_id: str) -> list[dict[str, 
     total = len(run.pending)
     artifact = create_progress_artifact(0.0, key="clipvec-progress",
                                         description="shards embedded")
-    _progress = Progress(sum(len(s.items) for s in run.pending))
+    _progress = Progress(sum(len(s) for s in run.pending))
     results = []
     try:
         in_process = isinstance(_runner_of_this_run(), ThreadPoolTaskRunner)

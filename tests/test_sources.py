@@ -98,3 +98,19 @@ def test_uri_list_without_a_uri_column_is_a_clear_error(tmp_path):
     pq.write_table(pa.table({"name": ["x"]}), tmp_path / "l.parquet")
     with pytest.raises(ClipvecError, match="no column naming images"):
         list(list_images(str(tmp_path / "l.parquet")))
+
+
+def test_uri_list_mtimes_become_aware_datetimes(tmp_path):
+    """A list's mtime column may be epoch seconds, ISO text or timestamps: every form is
+    read as the same instant (an epoch number is not mistaken for microseconds)."""
+    from datetime import UTC, datetime
+
+    when = datetime(2024, 5, 17, 8, 30, 12, tzinfo=UTC)
+    (tmp_path / "l.csv").write_text(
+        "uri,size,mtime\n"
+        f"a.jpg,1,{int(when.timestamp())}\n"
+        "b.jpg,2,2024-05-17T08:30:12Z\n"
+        "c.jpg,3,2024-05-17 08:30:12\n"
+        "d.jpg,4,\n")
+    items = list(list_images(str(tmp_path / "l.csv")))
+    assert [i.mtime for i in items] == [when, when, when, None]
