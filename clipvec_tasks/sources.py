@@ -136,6 +136,10 @@ def _walk(fs: AbstractFileSystem, root: str) -> Iterator[SourceItem]:
                 yield from _tar_members(fs, path, info)
             elif is_image_name(name):
                 yield _item(fs, path, info)
+        # a bucket's filesystem (s3fs, gcsfs, adlfs) caches every listing it made for as
+        # long as the process lives: an info dict per object, several times what the plan
+        # keeps. The walk has taken this folder's entries; drop them.
+        fs.invalidate_cache(dirpath)
 
 
 def _tar_members(fs: AbstractFileSystem, path: str, info: dict[str, Any]

@@ -82,3 +82,17 @@ def test_credentials_never_reach_the_dataset(s3):
     ds = lance.dataset(sink)
     blob = str(ds.schema.metadata) + ds.to_table().to_pandas().to_string()
     assert "testsecret" not in blob and "testkey" not in blob
+
+
+def test_listing_a_bucket_leaves_no_listings_cached(s3):
+    """s3fs caches every listing for the life of the process (an info dict per object):
+    the walk drops each folder's once taken, or a big bucket's listing would stay in
+    memory through the whole run, several times over what the plan keeps."""
+    from clipvec_tasks.sources import list_images, resolve
+
+    for d in range(3):
+        for i in range(4):
+            s3.put_object(Bucket="photos", Key=f"cache/{d}/{i}.jpg", Body=b"x")
+    assert len(list(list_images("s3://photos/cache"))) == 12
+    fs, _ = resolve("s3://photos/cache")
+    assert sum(len(v) for v in fs.dircache.values()) == 0
