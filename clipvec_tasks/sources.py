@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
 
 from .errors import ClipvecError
 
@@ -120,26 +124,83 @@ def list_images(uri: str, storage_options: dict[str, Any] | None = None) -> Iter
     )
 
 
-def _walk(fs: AbstractFileSystem, root: str) -> Iterator[SourceItem]:
-    for dirpath, dirs, files in fs.walk(root, detail=True, topdown=True):
-        dirs_sorted = sorted(d for d in dirs if not d.startswith("."))
-        if isinstance(dirs, dict):
-            keep = {d: dirs[d] for d in dirs_sorted}
-            dirs.clear()
-            dirs.update(keep)
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            info = files[name]
-            path = info.get("name") or f"{dirpath.rstrip('/')}/{name}"
-            if name.lower().endswith(".tar"):
-                yield from _tar_members(fs, path, info)
-            elif is_image_name(name):
-                yield _item(fs, path, info)
-        # a bucket's filesystem (s3fs, gcsfs, adlfs) caches every listing it made for as
-        # long as the process lives: an info dict per object, several times what the plan
-        # keeps. The walk has taken this folder's entries; drop them.
-        fs.invalidate_cache(dirpath)
+# folders of a bucket listed ahead of the walk, and the most listed entries held
+# before the walk takes them: a bucket's listing is request after request otherwise
+LIST_AHEAD = 16
+_HELD_MAX = 1_000_000
+
+
+def _walk(fs: AbstractFileSystem, root: str, ahead: int | None = None) -> Iterator[SourceItem]:
+    """The images under folder ``root``, depth first: a folder's files in name order,
+    then its subfolders in name order (hidden names skipped; tars expanded).
+
+    On a remote filesystem up to ``ahead`` folders (:data:`LIST_AHEAD`) are listed at
+    once, in threads, in the order the walk will take them; the order of the items is
+    the same either way. Each listing is dropped from the filesystem's own cache as soon
+    as it is read: s3fs, gcsfs and adlfs keep every listing for the life of the process
+    otherwise (about 1.2 KB per object).
+    """
+    if ahead is None:
+        ahead = 0 if isinstance(fs, LocalFileSystem) else LIST_AHEAD
+    pending: deque[str] = deque([root])  # folders in the order they are walked
+    listing: dict[str, Future[tuple[list[SourceItem], list[str]]]] = {}
+    pool = ThreadPoolExecutor(ahead, thread_name_prefix="clipvec-list") if ahead else None
+    try:
+        while pending:
+            if pool is not None:
+                _list_ahead(fs, pool, pending, listing, ahead)
+            path = pending.popleft()
+            future = listing.pop(path, None)
+            items, folders = future.result() if future else _folder(fs, path)
+            pending.extendleft(reversed(folders))
+            yield from items
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _list_ahead(fs: AbstractFileSystem, pool: ThreadPoolExecutor, pending: deque[str],
+                listing: dict[str, Future], ahead: int) -> None:
+    """Start listing the next folders of the walk: at most ``ahead`` listings running or
+    waiting to be taken, and no new one while those hold :data:`_HELD_MAX` entries."""
+    for path in islice(pending, ahead):
+        if len(listing) >= ahead:
+            return
+        if path in listing:
+            continue
+        held = sum(len(f.result()[0]) for f in listing.values()
+                   if f.done() and f.exception() is None)
+        if held >= _HELD_MAX:
+            return
+        listing[path] = pool.submit(_folder, fs, path)
+
+
+def _folder(fs: AbstractFileSystem, path: str) -> tuple[list[SourceItem], list[str]]:
+    """One folder: its images (and tar shards' members) in name order, its subfolders."""
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:  # gone since its parent was listed
+        return [], []
+    finally:
+        fs.invalidate_cache(path)
+    here = path.rstrip("/")
+    files, folders = [], []
+    for info in entries:
+        full = info["name"].rstrip("/")
+        name = full.rsplit("/", 1)[-1]
+        if full == here or not name or name.startswith("."):
+            continue
+        if info.get("type") == "directory":
+            folders.append((name, full))
+        else:
+            files.append((name, full, info))
+    items: list[SourceItem] = []
+    for name, full, info in sorted(files, key=lambda f: f[0]):
+        if name.lower().endswith(".tar"):
+            items.extend(_tar_members(fs, full, info))
+        elif is_image_name(name):
+            items.append(_item(fs, full, info))
+    return items, [full for _, full in sorted(folders)]
 
 
 def _tar_members(fs: AbstractFileSystem, path: str, info: dict[str, Any]

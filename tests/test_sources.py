@@ -114,3 +114,63 @@ def test_uri_list_mtimes_become_aware_datetimes(tmp_path):
         "d.jpg,4,\n")
     items = list(list_images(str(tmp_path / "l.csv")))
     assert [i.mtime for i in items] == [when, when, when, None]
+
+
+def _tree(fs, root: str) -> list[str]:
+    """A tree whose order matters: files before subfolders, names not in path order."""
+    paths = ["b.jpg", "a/z.jpg", "a/b/x.png", "a/b/.hidden.png", "a.jpg", "a/notes.txt",
+             "c/d/e/f.webp", "c/d/g.jpg", ".cache/h.jpg", "b0/i.jpg"]
+    for p in paths:
+        fs.makedirs(f"{root}/{p}".rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe(f"{root}/{p}", b"x")
+    return ["a.jpg", "b.jpg", "a/z.jpg", "a/b/x.png", "b0/i.jpg", "c/d/g.jpg", "c/d/e/f.webp"]
+
+
+def test_remote_folders_are_listed_ahead_in_threads_in_the_same_order():
+    """A bucket's folders are listed several at once (each listing is a request, or a
+    chain of them), yet the items come in the one walk order, with no listing left
+    in the filesystem's cache and never more than ``ahead`` listings in flight."""
+    import threading
+    import time
+
+    import fsspec
+
+    from clipvec_tasks import sources
+
+    fs = fsspec.filesystem("memory")
+    root = "/clipvec-walk"
+    expected = _tree(fs, root)
+    for k in range(12):
+        fs.pipe(f"{root}/many/{k:02d}/img.jpg", b"x")
+    expected += [f"many/{k:02d}/img.jpg" for k in range(12)]
+    running, most, lock = 0, 0, threading.Lock()
+    plain_ls = fs.ls
+
+    def slow_ls(path, detail=True, **kw):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+        return plain_ls(path, detail=detail, **kw)
+
+    fs.ls = slow_ls
+    try:
+        sequential = [i.id for i in sources._walk(fs, root, ahead=0)]
+        assert most == 1
+        ahead = [i.id for i in sources._walk(fs, root, ahead=4)]
+    finally:
+        fs.rm(root, recursive=True)
+    assert sequential == [f"memory://{root}/{p}" for p in expected]
+    assert ahead == sequential
+    assert 1 < most <= 4
+
+
+def test_local_walk_order(tmp_path):
+    import fsspec
+
+    expected = _tree(fsspec.filesystem("file"), str(tmp_path))
+    assert [i.id for i in list_images(str(tmp_path))] == [
+        f"file://{tmp_path}/{p}" for p in expected]
