@@ -335,7 +335,8 @@ def format_summary(s: dict[str, Any], sink: str) -> str:
     lines = [
         f"clipvec: {s['listed']} images listed, {s['new_or_changed']} new or changed, "
         f"{s['embedded']} embedded ({s['ok']} ok; failed: {failed})",
-        f"  dataset {sink} -> version {s['version']}, dim {s['dim']}",
+        f"  dataset {sink} -> version {s['version']}, dim {s['dim']}" if s["version"] is not None
+        else f"  dataset {sink} unchanged: nothing new to commit",
         f"  {s['seconds']} s in the flow, {s['images_per_second'] or 0} img/s"
         + (f" (embedding: steady {s['steady_images_per_second']} img/s)"
            if s["steady_images_per_second"] else ""),

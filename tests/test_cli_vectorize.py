@@ -56,3 +56,11 @@ def test_user_errors_are_one_paragraph_without_traceback(args, expect, tmp_path)
     assert p.returncode == 2
     assert expect in p.stderr and "Traceback" not in p.stderr + p.stdout
     assert p.stderr.strip().startswith("clipvec: error:")
+
+
+def test_summary_of_a_run_with_nothing_new_says_the_dataset_is_unchanged():
+    from clipvec_tasks.job import format_summary, summarize
+
+    text = format_summary(summarize(None, [], 6, 512, None, 0.06), "/d.lance")
+    assert "dataset /d.lance unchanged" in text and "None" not in text
+    assert "-> version 3, dim 512" in format_summary(summarize(None, [], 6, 512, 3, 1.0), "/d")
