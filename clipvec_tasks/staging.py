@@ -34,13 +34,16 @@ def read_markers(sink: str, plan_id: str, storage_options: dict[str, Any] | None
                  ) -> dict[int, dict[str, Any]]:
     """shard index -> its result, for the shards a previous try finished."""
     fs, root = _root(sink, plan_id, storage_options)
+    fs.invalidate_cache(root)  # a long-lived process (a served deployment) may have listed it
     if not fs.exists(root):
         return {}
-    done = {}
-    for path in fs.glob(f"{root}/shard-*.json"):
-        with fs.open(path) as f:
-            done[int(path.rsplit("-", 1)[1].split(".")[0])] = json.load(f)
-    return done
+    paths = fs.glob(f"{root}/shard-*.json")
+    fs.invalidate_cache(root)
+    # one call for all: bucket filesystems fetch them concurrently (a run of thousands of
+    # shards resumes in seconds, not a request after another)
+    blobs = fs.cat(paths) if paths else {}
+    return {int(path.rsplit("-", 1)[1].split(".")[0]): json.loads(blobs[path])
+            for path in paths}
 
 
 def clear(sink: str, plan_id: str | None = None,
