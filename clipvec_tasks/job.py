@@ -269,7 +269,7 @@ def run_shard(job: JobConfig, shard: Shard, plan_id: str, run_id: str,
     remote = "://" in job.source_uri and not job.source_uri.startswith("file://")
     workers = job.decode_workers or (32 if remote else None)
     paths: dict[str, int] = {}  # tensor path: where the ok images were decoded
-    batches = embed_items(shard.items, embedder, _reader(job.source_options), run_id,
+    batches = embed_items(shard.iter_items(), embedder, _reader(job.source_options), run_id,
                           resolve_batch_size(job.batch_size, embedder.device), workers,
                           DecodePolicy(max_pixels=job.max_pixels,
                                        draft=embedder.draft_size if job.jpeg_draft else 0),

@@ -70,6 +70,7 @@ def test_plan_id_names_the_work_not_how_it_was_read():
     assert a.plan_id == b.plan_id
     assert [len(s) for s in a.shards] == [300] * 6 + [200]
     assert list(a.ids()) == [i.id for i in items]
+    assert [i for s in a.shards for i in s.iter_items()] == items  # streamed, 256 at a time
     touched = _items(2000, lambda i: "other" if i == 1234 else f"e{i}")
     assert make_plan(touched, None, 300, "s").plan_id != a.plan_id
     assert make_plan(items, None, 301, "s").plan_id != a.plan_id
