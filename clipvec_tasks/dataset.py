@@ -44,14 +44,13 @@ def rows_to_batch(rows: Sequence[Prepared], vectors: np.ndarray, dim: int,
                   run_id: str) -> pa.RecordBatch:
     """Arrow rows for ``rows``; ``vectors`` holds the ok rows' embeddings in order."""
     n = len(rows)
-    flat = np.zeros((n, dim), dtype=np.float32)
-    valid = np.zeros(n, dtype=bool)
-    j = 0
-    for i, r in enumerate(rows):
-        if r.status == "ok":
-            flat[i] = vectors[j]
-            valid[i] = True
-            j += 1
+    valid = np.fromiter((r.status == "ok" for r in rows), dtype=bool, count=n)
+    ok = int(valid.sum())
+    if ok == n:  # the usual batch: the vectors are the column as they are
+        flat = np.ascontiguousarray(vectors[:n], dtype=np.float32)
+    else:
+        flat = np.zeros((n, dim), dtype=np.float32)
+        flat[valid] = vectors[:ok]
     values = pa.array(flat.reshape(-1), type=pa.float32())
     embedding = pa.FixedSizeListArray.from_arrays(values, dim, mask=pa.array(~valid))
     cols = {

@@ -42,6 +42,17 @@ def test_failed_rows_have_null_embeddings(tmp_path):
     assert t["embedding"] == [[1.0] * DIM, None] and t["error"] == [None, "the file is empty"]
 
 
+def test_ok_vectors_land_on_their_rows_between_failures():
+    statuses = ["empty", "ok", "decode_error", "ok", "ok", "empty"]
+    rows = [Prepared(SourceItem(str(k), str(k), 1, None, None), s)
+            for k, s in enumerate(statuses)]
+    vecs = np.arange(3 * DIM, dtype=np.float32).reshape(3, DIM)
+    got = dataset.rows_to_batch(rows, vecs, DIM, "r").column("embedding").to_pylist()
+    assert got == [None, vecs[0].tolist(), None, vecs[1].tolist(), vecs[2].tolist(), None]
+    every = dataset.rows_to_batch(rows[1:2], vecs[:1], DIM, "r").column("embedding")
+    assert every.to_pylist() == [vecs[0].tolist()]
+
+
 def test_changed_rows_are_replaced_in_one_version(tmp_path):
     uri = str(tmp_path / "d.lance")
     dataset.commit(uri, _frags(uri, ["a", "b", "c"]), DIM, META, new_ids={"a", "b", "c"})
