@@ -108,6 +108,37 @@ def _child(case: str, n: int, dataset_path: str) -> None:
                       "bytes_per_listed_image": round((_peak_mb() - base) * 2**20 / n)}))
 
 
+def _long_ids() -> None:
+    """Plan against a dataset whose ids hold more than 2 GB of text (600,000 ids of 4 KB:
+    as much text as ~45 million ids of 50 characters), where Arrow's set lookups over
+    plain strings overflow; prints what the plan found (about 8 GB of memory)."""
+    import pyarrow as pa
+
+    from clipvec_tasks import plan
+
+    n, pad = 600_000, "x" * 4000
+
+    def batch(lo: int, hi: int) -> pa.RecordBatch:
+        ids = pa.array([f"s3://b/{i:09d}{pad}.jpg" for i in range(lo, hi)], pa.string())
+        return pa.record_batch([ids, pa.nulls(hi - lo, pa.string()),
+                                pa.array([1] * (hi - lo), pa.int64()),
+                                pa.array(["e"] * (hi - lo)),
+                                pa.nulls(hi - lo, plan.LISTING.field("mtime").type)],
+                               schema=plan.LISTING)
+
+    spans = [(s, min(n, s + 50_000)) for s in range(0, n, 50_000)]
+    existing = pa.Table.from_batches([batch(a, b) for a, b in spans]).drop_columns(["uri"])
+    # listed: all but the last 10 (deleted from the source), and 5 new images
+    listing = pa.Table.from_batches([batch(a, min(b, n - 10)) for a, b in spans]
+                                    + [batch(n, n + 5)])
+    t0 = time.perf_counter()
+    p = plan.make_plan(listing, existing, 10_000, "bench")
+    print(json.dumps({"id_text_gb": round(existing.column("id").nbytes / 1e9, 2),
+                      "todo": p.todo, "deleted": len(p.deleted_ids),
+                      "changed": len(p.changed_ids),
+                      "seconds": round(time.perf_counter() - t0, 1)}))
+
+
 def _run_cases(repo: Path, n: int, dataset_path: str) -> dict:
     out = {}
     for case in CASES:
@@ -128,11 +159,17 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2_000_000)
     p.add_argument("--baseline-repo", help="another checkout, measured in the same run")
     p.add_argument("--out")
+    p.add_argument("--long-ids", action="store_true",
+                   help="only plan against ids of over 2 GB of text (expects todo 5, deleted 10)")
     p.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     p.add_argument("--dataset", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         _child(args.child, args.n, args.dataset)
+        return
+    if args.long_ids:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        _long_ids()
         return
     here = Path(__file__).resolve().parents[1]
     work = Path(tempfile.mkdtemp(prefix="clipvec-plan-"))

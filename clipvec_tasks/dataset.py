@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -212,10 +212,13 @@ def _delete_rows(ds: lance.LanceDataset, ids: set[str]) -> tuple[list[int], list
 
     if not ids:
         return [], []
-    wanted = pa.array(list(ids), pa.string())
+    # large_string: a value set of over 2 GB of text is beyond plain strings' offsets
+    wanted = pa.array(list(ids), pa.large_string())
     holders: dict[int, list[str]] = {}
-    for batch in ds.to_batches(columns=["id"], with_row_address=True, batch_size=1 << 16):
-        hit = batch.filter(pc.is_in(batch.column("id"), value_set=wanted))
+    for group in _row_groups(ds.to_batches(columns=["id"], with_row_address=True,
+                                           batch_size=1 << 16)):
+        hit = group.filter(pc.is_in(group.column("id").cast(pa.large_string()),
+                                    value_set=wanted))
         if hit.num_rows:
             fragments = pc.shift_right(hit.column("_rowaddr"), 32).to_pylist()
             for fragment, row_id in zip(fragments, hit.column("id").to_pylist(), strict=True):
@@ -229,6 +232,22 @@ def _delete_rows(ds: lance.LanceDataset, ids: set[str]) -> tuple[list[int], list
         elif after.deletion_file != frag.metadata.deletion_file:
             updated.append(after)
     return removed, updated
+
+
+def _row_groups(batches: Iterable[pa.RecordBatch], rows: int = 1 << 22) -> Iterator[pa.Table]:
+    """``batches`` gathered into tables of about ``rows`` rows: each set lookup builds its
+    hash table of the wanted ids anew, so it is done per few million rows, not per batch
+    (a dataset of many small fragments yields many small batches)."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        held.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(held)
+            held, count = [], 0
+    if held:
+        yield pa.Table.from_batches(held)
 
 
 def _restore_overwritten(ds: lance.LanceDataset, written: set[str],

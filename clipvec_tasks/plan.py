@@ -132,8 +132,16 @@ def _unlisted(listed: pa.ChunkedArray, known: pa.ChunkedArray,
     candidates = pc.filter(ids, pa.array(~marked))
     if len(candidates) == 0:
         return []
+    listed, candidates = _large(listed), _large(candidates)
     relisted = pc.filter(listed, pc.is_in(listed, value_set=candidates))
     return pc.filter(candidates, pc.invert(pc.is_in(candidates, value_set=relisted))).to_pylist()
+
+
+def _large(ids: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """``ids`` with 64-bit offsets (no copy of the characters): Arrow's set lookups
+    gather their value set into one array, which plain strings cap at 2 GB of text (about
+    40 million ids of 50 characters)."""
+    return ids.cast(pa.large_string())
 
 
 def _digest(h: Any, rows: pa.Table) -> None:
@@ -177,7 +185,7 @@ def make_plan(items: Iterable[SourceItem] | pa.Table, existing: pa.Table | None,
     if existing is None or existing.num_rows == 0:
         todo = listing
     else:
-        known = pc.index_in(listing.column("id"), value_set=existing.column("id"))
+        known = pc.index_in(_large(listing.column("id")), value_set=_large(existing.column("id")))
         keep = pc.invert(_unchanged(listing, known, existing))
         todo = listing.filter(keep)
         changed = listing.filter(pc.and_(pc.is_valid(known), keep)).column("id").to_pylist()
