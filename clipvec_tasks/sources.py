@@ -231,7 +231,11 @@ def _uri_list(fs: AbstractFileSystem, path: str) -> Iterator[SourceItem]:
     base = fs.unstrip_protocol(path).rsplit("/", 1)[0]
     with fs.open(path, "rb") as f:
         if path.lower().endswith(".parquet"):
-            batches = pq.ParquetFile(f).iter_batches(batch_size=65536)
+            parquet = pq.ParquetFile(f)
+            names = parquet.schema_arrow.names
+            # only the columns used: img2dataset's lists carry captions, EXIF and more
+            wanted = [n for n in names if n.lower() in (*URI_COLUMNS, "size", "etag", "mtime")]
+            batches = parquet.iter_batches(batch_size=65536, columns=wanted or None)
         else:
             batches = iter(pacsv.open_csv(f))
         for batch in batches:
@@ -241,18 +245,21 @@ def _uri_list(fs: AbstractFileSystem, path: str) -> Iterator[SourceItem]:
                 raise ClipvecError(
                     f"The list '{path}' has no column naming images; expected one of "
                     f"{', '.join(URI_COLUMNS)} (it has {', '.join(batch.schema.names)}).")
-            data = batch.to_pydict()
-            for i, ref in enumerate(data[col]):
+            columns = [_values(batch, cols.get(name)) for name in ("size", "etag", "mtime")]
+            for ref, size, etag, mtime in zip(batch.column(col).to_pylist(), *columns,
+                                              strict=True):
                 if not ref:
                     continue
                 ref = str(ref)
                 uri = ref if "://" in ref else (
                     "file://" + ref if ref.startswith("/") else f"{base}/{ref}")
-                size = data.get(cols.get("size", ""), [0] * (i + 1))[i] or 0
-                etag = data.get(cols.get("etag", ""), [None] * (i + 1))[i]
-                mtime = data.get(cols.get("mtime", ""), [None] * (i + 1))[i]
-                yield SourceItem(uri, uri, int(size), str(etag) if etag else None,
+                yield SourceItem(uri, uri, int(size or 0), str(etag) if etag else None,
                                  _datetime(mtime))
+
+
+def _values(batch: Any, name: str | None) -> list[Any]:
+    """A column of ``batch`` as Python values; Nones where the list has no such column."""
+    return batch.column(name).to_pylist() if name else [None] * batch.num_rows
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:

@@ -174,3 +174,21 @@ def test_local_walk_order(tmp_path):
     expected = _tree(fsspec.filesystem("file"), str(tmp_path))
     assert [i.id for i in list_images(str(tmp_path))] == [
         f"file://{tmp_path}/{p}" for p in expected]
+
+
+def test_a_long_list_without_optional_columns_lists_in_linear_time(tmp_path):
+    """130,000 rows (two read batches) of uris alone, beside a caption column: each row's
+    missing size/etag/mtime once cost a list as long as its index (quadratic: ~10 s)."""
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 130_000
+    pq.write_table(pa.table({"URL": [f"s3://b/{i:09d}.jpg" for i in range(n)],
+                             "caption": ["words " * 10] * n}), tmp_path / "l.parquet")
+    t0 = time.perf_counter()
+    items = list(list_images(str(tmp_path / "l.parquet")))
+    assert time.perf_counter() - t0 < 4
+    assert len(items) == n and items[-1].uri == f"s3://b/{n - 1:09d}.jpg"
+    assert items[0].size == 0 and items[0].etag is None and items[0].mtime is None
