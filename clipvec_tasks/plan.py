@@ -111,7 +111,7 @@ def _unchanged(listing: pa.Table, known: pa.Array, existing: pa.Table) -> pa.Arr
     same mtime within a millisecond (or none on both sides)."""
     old = existing.select(["size", "etag", "mtime"]).take(known)
     size_eq = pc.equal(listing.column("size"), old.column("size"))
-    etag_l, etag_o = listing.column("etag"), old.column("etag")
+    etag_l, etag_o = _no_empty(listing.column("etag")), _no_empty(old.column("etag"))
     has_etag = pc.or_(pc.is_valid(etag_l), pc.is_valid(etag_o))
     etag_eq = pc.fill_null(pc.equal(etag_l, etag_o), False)
     t_l = pc.cast(listing.column("mtime"), pa.int64())
@@ -120,6 +120,11 @@ def _unchanged(listing: pa.Table, known: pa.Array, existing: pa.Table) -> pa.Arr
     no_times = pc.and_(pc.is_null(t_l), pc.is_null(t_o))
     same = pc.if_else(has_etag, etag_eq, pc.or_(close, no_times))
     return pc.fill_null(pc.and_(size_eq, same), False)
+
+
+def _no_empty(etags: pa.ChunkedArray) -> pa.ChunkedArray:
+    """An empty etag is no etag (the mtime decides), as for listed items."""
+    return pc.if_else(pc.equal(etags, ""), pa.scalar(None, pa.string()), etags)
 
 
 def _unlisted(listed: pa.ChunkedArray, known: pa.ChunkedArray,

@@ -98,6 +98,12 @@ def test_a_shard_pickles_only_its_own_rows():
     assert pickle.loads(one).items == _items(20_000)[5000:5100]
 
 
+def test_an_empty_etag_in_the_dataset_is_no_etag():
+    existing = listing_table(_items(2, lambda i: None)).select(["id", "size", "etag", "mtime"])
+    existing = existing.set_column(2, "etag", pa.chunked_array([pa.array(["", ""])]))
+    assert make_plan(_items(2, lambda i: None), existing, 4, "s").todo == 0
+
+
 def test_an_id_the_dataset_holds_twice_is_not_deleted_while_listed():
     existing = listing_table(_items(3) + _items(3)[1:2]).select(["id", "size", "etag", "mtime"])
     plan = make_plan(_items(3)[:2], existing, 4, "s")
