@@ -151,20 +151,22 @@ def _large(ids: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
 
 def _digest(h: Any, rows: pa.Table) -> None:
     """Feed every row's fingerprint into ``h``, column-wise (the plan id's input)."""
+    text = pa.large_string()  # one string type for all, whatever the listing's
     for batch in rows.to_batches():
+        fields = [batch.column("id"), batch.column("uri"), batch.column("size"),
+                  batch.column("etag"), pc.cast(batch.column("mtime"), pa.int64())]
         line = pc.binary_join_element_wise(
-            batch.column("id"), batch.column("uri"), pc.cast(batch.column("size"), pa.string()),
-            batch.column("etag"), pc.cast(pc.cast(batch.column("mtime"), pa.int64()), pa.string()),
-            "", "\0", null_handling="replace", null_replacement="")
+            *(pc.cast(f, text) for f in fields), pa.scalar("", text), pa.scalar("\0", text),
+            null_handling="replace", null_replacement="")
         h.update(_string_bytes(line))
 
 
 def _string_bytes(arr: pa.Array) -> bytes | memoryview:
-    """The characters of a string array's values, concatenated (no copy)."""
+    """The characters of a large_string array's values, concatenated (no copy)."""
     offsets, data = arr.buffers()[1], arr.buffers()[2]
     if data is None or len(arr) == 0:
         return b""
-    ends = np.frombuffer(offsets, np.int32)
+    ends = np.frombuffer(offsets, np.int64)
     return memoryview(data)[ends[arr.offset]:ends[arr.offset + len(arr)]]
 
 

@@ -75,6 +75,10 @@ def test_plan_id_names_the_work_not_how_it_was_read():
     assert make_plan(touched, None, 300, "s").plan_id != a.plan_id
     assert make_plan(items, None, 301, "s").plan_id != a.plan_id
     assert make_plan(items, None, 300, "t").plan_id != a.plan_id
+    wide = listing_table(items)  # a listing with 64-bit string offsets hashes the same
+    wide = pa.table([c.cast(pa.large_string()) if pa.types.is_string(c.type) else c
+                     for c in wide.columns], names=wide.column_names)
+    assert make_plan(wide, None, 300, "s").plan_id == a.plan_id
 
 
 def test_changed_and_deleted_ids_in_listing_and_dataset_order():
