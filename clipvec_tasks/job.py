@@ -19,12 +19,12 @@ from .decode import DEFAULT_MAX_PIXELS, DecodePolicy
 from .embedder import Embedder, model_fingerprint
 from .errors import ClipvecError
 from .members import MemberConfig, WeightsConfig, load_member, resolve_weights
-from .plan import Plan, Shard, listing_table, make_plan
+from .plan import Plan, Shard, make_plan
 from .progress import Progress
 from .registry import get_spec
 from .runtime import resolve_batch_size, resolve_device, resolve_precision, resolve_shard_size
 from .shard import embed_items
-from .sources import list_images, read_bytes
+from .sources import list_images, list_table, read_bytes
 from .weights import DEFAULT_CACHE_DIR, parse_pretrained
 
 if TYPE_CHECKING:
@@ -148,9 +148,9 @@ def _sink_uri(uri: str) -> str:
 # ---- listing and weights -------------------------------------------------------------
 
 def list_source(job: JobConfig) -> pa.Table:
-    """The frozen listing of the source (a :data:`plan.LISTING` table); an error when it
+    """The frozen listing of the source (a :data:`sources.LISTING` table); an error when it
     holds no images."""
-    items = listing_table(list_images(job.source_uri, job.source_options))
+    items = list_table(job.source_uri, job.source_options)
     if not items.num_rows:
         raise ClipvecError(
             f"The source '{job.source_uri}' holds no images (looked for files named *.jpg, "

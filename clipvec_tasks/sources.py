@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
@@ -33,6 +35,42 @@ class SourceItem:
     size: int
     etag: str | None
     mtime: datetime | None
+
+
+# a listing's columns, what a run plans from; ``uri`` is null where it equals ``id`` (as
+# it does for every source today), so the string is held once
+LISTING = pa.schema([("id", pa.string()), ("uri", pa.string()), ("size", pa.int64()),
+                     ("etag", pa.string()), ("mtime", pa.timestamp("us", tz="UTC"))])
+_CHUNK = 65_536
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def listing_table(items: Iterable[SourceItem]) -> pa.Table:
+    """``items`` as a LISTING table, converted a chunk at a time (never all as objects)."""
+    it = iter(items)
+    batches = []
+    while chunk := list(islice(it, _CHUNK)):
+        batches.append(pa.record_batch([
+            pa.array([i.id for i in chunk], pa.string()),
+            pa.array([None if i.uri == i.id else i.uri for i in chunk], pa.string()),
+            pa.array([i.size for i in chunk], pa.int64()),
+            pa.array([i.etag or None for i in chunk], pa.string()),
+            pa.array([i.mtime for i in chunk], LISTING.field("mtime").type),
+        ], schema=LISTING))
+    return pa.Table.from_batches(batches, LISTING)
+
+
+def source_items(rows: pa.Table, chunk: int | None = None) -> Iterator[SourceItem]:
+    """The rows of a LISTING table as SourceItems (made ``chunk`` rows at a time)."""
+    for batch in rows.to_batches(max_chunksize=chunk):
+        cols = [batch.column(name).to_pylist() for name in ("id", "uri", "size", "etag")]
+        # aware datetimes from integers: 5x faster than Arrow's own conversion through
+        # the time zone database (4.5 s a million rows on these cores)
+        micros = pc.cast(batch.column("mtime"), pa.int64()).to_pylist()
+        mtimes = [None if t is None else _EPOCH + _MICROSECOND * t for t in micros]
+        for id_, uri, size, etag, mtime in zip(*cols, mtimes, strict=True):
+            yield SourceItem(id_, uri or id_, size, etag, mtime)
 
 
 def is_image_name(path: str) -> bool:
@@ -122,6 +160,21 @@ def list_images(uri: str, storage_options: dict[str, Any] | None = None) -> Iter
         f"The source '{uri}' does not exist. Set source.uri to a folder, a file, a glob "
         "(e.g. 'photos/**/*.jpg') or a bucket URI such as s3://bucket/prefix."
     )
+
+
+def list_table(uri: str, storage_options: dict[str, Any] | None = None) -> pa.Table:
+    """The images under ``uri`` as a LISTING table, in :func:`list_images`' order: what a
+    run plans from. A list file is converted column by column, without an object per
+    row (a list of 100 million images in seconds of CPU, not minutes)."""
+    if uri.lower().endswith(LIST_SUFFIXES):
+        fs, root = resolve(uri, storage_options)
+        fs.invalidate_cache()
+        try:
+            if fs.isfile(root):
+                return pa.Table.from_batches(list(_uri_list_batches(fs, root)), LISTING)
+        except PermissionError as e:
+            raise ClipvecError(f"Access to the source '{uri}' was denied: {e}") from e
+    return listing_table(list_images(uri, storage_options))
 
 
 # folders of a bucket listed ahead of the walk, and the most listed entries held
@@ -220,11 +273,16 @@ def _tar_members(fs: AbstractFileSystem, path: str, info: dict[str, Any]
 
 
 def _uri_list(fs: AbstractFileSystem, path: str) -> Iterator[SourceItem]:
-    """Rows of a Parquet/CSV list of images: a uri/url/path column; optional size, etag, mtime.
+    """Rows of a Parquet/CSV list of images (see :func:`_uri_list_batches`)."""
+    for batch in _uri_list_batches(fs, path):
+        yield from source_items(pa.Table.from_batches([batch]))
 
-    Relative paths are taken from the list's folder. Read in batches, so a list of
-    millions of rows is never held whole.
-    """
+
+def _uri_list_batches(fs: AbstractFileSystem, path: str) -> Iterator[pa.RecordBatch]:
+    """A Parquet/CSV list of images as LISTING batches: a uri/url/path column; optional
+    size, etag, mtime. Relative paths are taken from the list's folder; empty rows are
+    skipped. Read in batches and converted column-wise, so a list of millions of rows is
+    never held whole, nor as Python objects."""
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -235,7 +293,7 @@ def _uri_list(fs: AbstractFileSystem, path: str) -> Iterator[SourceItem]:
             names = parquet.schema_arrow.names
             # only the columns used: img2dataset's lists carry captions, EXIF and more
             wanted = [n for n in names if n.lower() in (*URI_COLUMNS, "size", "etag", "mtime")]
-            batches = parquet.iter_batches(batch_size=65536, columns=wanted or None)
+            batches = parquet.iter_batches(batch_size=_CHUNK, columns=wanted or None)
         else:
             batches = iter(pacsv.open_csv(f))
         for batch in batches:
@@ -245,21 +303,44 @@ def _uri_list(fs: AbstractFileSystem, path: str) -> Iterator[SourceItem]:
                 raise ClipvecError(
                     f"The list '{path}' has no column naming images; expected one of "
                     f"{', '.join(URI_COLUMNS)} (it has {', '.join(batch.schema.names)}).")
-            columns = [_values(batch, cols.get(name)) for name in ("size", "etag", "mtime")]
-            for ref, size, etag, mtime in zip(batch.column(col).to_pylist(), *columns,
-                                              strict=True):
-                if not ref:
-                    continue
-                ref = str(ref)
-                uri = ref if "://" in ref else (
-                    "file://" + ref if ref.startswith("/") else f"{base}/{ref}")
-                yield SourceItem(uri, uri, int(size or 0), str(etag) if etag else None,
-                                 _datetime(mtime))
+            yield _listed_rows(batch, col, cols, base)
 
 
-def _values(batch: Any, name: str | None) -> list[Any]:
-    """A column of ``batch`` as Python values; Nones where the list has no such column."""
-    return batch.column(name).to_pylist() if name else [None] * batch.num_rows
+def _listed_rows(batch: pa.RecordBatch, col: str, cols: dict[str, str], base: str
+                 ) -> pa.RecordBatch:
+    """One batch of a list file as a LISTING batch."""
+    refs = pc.cast(batch.column(col), pa.string())
+    keep = pc.fill_null(pc.not_equal(refs, ""), False)
+    batch, refs = batch.filter(keep), refs.filter(keep)
+    text = pa.string()
+    uri = pc.if_else(
+        pc.match_substring(refs, "://"), refs,
+        pc.if_else(pc.starts_with(refs, "/"),
+                   pc.binary_join_element_wise(pa.scalar("file://", text), refs, ""),
+                   pc.binary_join_element_wise(pa.scalar(base + "/", text), refs, "")))
+    n = batch.num_rows
+    size = (pc.fill_null(pc.cast(batch.column(cols["size"]), pa.int64(), safe=False), 0)
+            if "size" in cols else pa.array([0] * n, pa.int64()))
+    etag = (pc.cast(batch.column(cols["etag"]), text) if "etag" in cols
+            else pa.nulls(n, text))
+    etag = pc.if_else(pc.equal(etag, ""), pa.scalar(None, text), etag)
+    mtime = _mtimes(batch.column(cols["mtime"])) if "mtime" in cols \
+        else pa.nulls(n, LISTING.field("mtime").type)
+    return pa.record_batch([uri, pa.nulls(n, text), size, etag, mtime], schema=LISTING)
+
+
+def _mtimes(values: pa.Array) -> pa.Array:
+    """A list's mtime column as UTC instants: timestamps (naive ones are UTC) as they are,
+    numbers as epoch seconds, anything else (text) value by value as :func:`_datetime`
+    reads it."""
+    target = LISTING.field("mtime").type
+    if pa.types.is_timestamp(values.type):
+        return pc.cast(values, target, safe=False)
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        seconds = pc.cast(values, pa.float64())
+        return pc.cast(pc.cast(pc.round(pc.multiply(seconds, 1e6)), pa.int64(), safe=False),
+                       target)
+    return pa.array([_datetime(v) for v in values.to_pylist()], target)
 
 
 def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:

@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import pickle
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
 
 from clipvec_tasks import dataset
-from clipvec_tasks.plan import listing_table, make_plan, micros, source_items
+from clipvec_tasks.plan import listing_table, make_plan, source_items
 from clipvec_tasks.shard import Prepared
 from clipvec_tasks.sources import SourceItem
 
 T = datetime(2024, 5, 17, 8, 30, 12, 345678, tzinfo=UTC)
-
-
-def test_micros_is_exact_and_takes_naive_times_as_utc():
-    assert micros(datetime(1970, 1, 1, tzinfo=UTC)) == 0
-    assert micros(T) == 1715934612345678
-    assert micros(T.replace(tzinfo=None)) == micros(T)
-    assert micros(T.astimezone(ZoneInfo("Asia/Tokyo"))) == micros(T)
 
 
 def test_fingerprints_read_back_from_the_dataset_match_their_listing(tmp_path):

@@ -192,3 +192,39 @@ def test_a_long_list_without_optional_columns_lists_in_linear_time(tmp_path):
     assert time.perf_counter() - t0 < 4
     assert len(items) == n and items[-1].uri == f"s3://b/{n - 1:09d}.jpg"
     assert items[0].size == 0 and items[0].etag is None and items[0].mtime is None
+
+
+def test_a_list_file_becomes_the_same_listing_column_wise(tmp_path):
+    """list_table reads a list file without an object per row; what it makes is what the
+    item-by-item listing makes: uris resolved (absolute, rooted, relative), empty rows
+    skipped, sizes, etags and mtimes of any column type."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipvec_tasks.sources import list_table, listing_table
+
+    when = datetime(2024, 5, 17, 8, 30, 12, tzinfo=UTC)
+    secs = int(when.timestamp())
+    refs = ["s3://b/a.jpg", "/data/b.jpg", "sub/c.jpg", "", None, "d.jpg"]
+    mtime_columns = {
+        "naive timestamps": pa.array([when.replace(tzinfo=None)] * 6, pa.timestamp("s")),
+        "zoned timestamps": pa.array([when] * 6, pa.timestamp("ms", tz="Asia/Tokyo")),
+        "epoch integers": pa.array([secs] * 6, pa.int64()),
+        "epoch floats": pa.array([secs + 0.0] * 6, pa.float64()),
+        "iso text": pa.array(["2024-05-17T08:30:12Z"] * 6),
+    }
+    for kind, mtimes in mtime_columns.items():
+        path = tmp_path / f"{kind.replace(' ', '_')}.parquet"
+        pq.write_table(pa.table({"Path": refs, "size": [1.0, 2.0, None, 4.0, 5.0, 6.0],
+                                 "etag": [7, None, 9, 10, 11, 12], "mtime": mtimes,
+                                 "caption": ["x"] * 6}), path)
+        table = list_table(str(path))
+        assert table == listing_table(list_images(str(path))), kind
+        assert table.column("id").to_pylist() == [
+            "s3://b/a.jpg", "file:///data/b.jpg", f"file://{tmp_path}/sub/c.jpg",
+            f"file://{tmp_path}/d.jpg"], kind
+        assert table.column("size").to_pylist() == [1, 2, 0, 6], kind
+        assert table.column("etag").to_pylist() == ["7", None, "9", "12"], kind
+        assert set(table.column("mtime").to_pylist()) == {when}, kind
