@@ -115,6 +115,7 @@ def _long_ids() -> None:
     import pyarrow as pa
 
     from clipvec_tasks import plan
+    from clipvec_tasks.sources import LISTING
 
     n, pad = 600_000, "x" * 4000
 
@@ -123,8 +124,8 @@ def _long_ids() -> None:
         return pa.record_batch([ids, pa.nulls(hi - lo, pa.string()),
                                 pa.array([1] * (hi - lo), pa.int64()),
                                 pa.array(["e"] * (hi - lo)),
-                                pa.nulls(hi - lo, plan.LISTING.field("mtime").type)],
-                               schema=plan.LISTING)
+                                pa.nulls(hi - lo, LISTING.field("mtime").type)],
+                               schema=LISTING)
 
     spans = [(s, min(n, s + 50_000)) for s in range(0, n, 50_000)]
     existing = pa.Table.from_batches([batch(a, b) for a, b in spans]).drop_columns(["uri"])

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .sources import SourceItem, listing_table, source_items
+from .sources import SourceItem, listing_table, null_if_empty, source_items
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +61,14 @@ class Plan:
             yield from s.rows.column("id").to_pylist()
 
 
-
-
 def _unchanged(listing: pa.Table, known: pa.Array, existing: pa.Table) -> pa.Array:
     """Per listed row: it is in the dataset (``known``: its row there) with the same
     fingerprint. Same size, and then the same etag where either side has one, else the
     same mtime within a millisecond (or none on both sides)."""
     old = existing.select(["size", "etag", "mtime"]).take(known)
     size_eq = pc.equal(listing.column("size"), old.column("size"))
-    etag_l, etag_o = _no_empty(listing.column("etag")), _no_empty(old.column("etag"))
+    etag_l = null_if_empty(listing.column("etag"))
+    etag_o = null_if_empty(old.column("etag"))
     has_etag = pc.or_(pc.is_valid(etag_l), pc.is_valid(etag_o))
     etag_eq = pc.fill_null(pc.equal(etag_l, etag_o), False)
     t_l = pc.cast(listing.column("mtime"), pa.int64())
@@ -80,22 +79,17 @@ def _unchanged(listing: pa.Table, known: pa.Array, existing: pa.Table) -> pa.Arr
     return pc.fill_null(pc.and_(size_eq, same), False)
 
 
-def _no_empty(etags: pa.ChunkedArray) -> pa.ChunkedArray:
-    """An empty etag is no etag (the mtime decides), as for listed items."""
-    return pc.if_else(pc.equal(etags, ""), pa.scalar(None, pa.string()), etags)
-
-
 def _unlisted(listed: pa.ChunkedArray, known: pa.ChunkedArray,
               ids: pa.ChunkedArray) -> list[str]:
     """The dataset's ``ids`` that the listing no longer holds. ``known`` (each listed
     row's index in ``ids``) marks most; the few left are checked against the listing
-    (a row whose id the dataset holds twice is not the first's index)."""
+    (a row whose id the dataset holds twice is not the first's index). Both id columns
+    come as large strings (:func:`_large`)."""
     marked = np.zeros(len(ids), dtype=bool)
     marked[pc.drop_null(known).to_numpy()] = True
     candidates = pc.filter(ids, pa.array(~marked))
     if len(candidates) == 0:
         return []
-    listed, candidates = _large(listed), _large(candidates)
     relisted = pc.filter(listed, pc.is_in(listed, value_set=candidates))
     return pc.filter(candidates, pc.invert(pc.is_in(candidates, value_set=relisted))).to_pylist()
 
@@ -150,11 +144,12 @@ def make_plan(items: Iterable[SourceItem] | pa.Table, existing: pa.Table | None,
     if existing is None or existing.num_rows == 0:
         todo = listing
     else:
-        known = pc.index_in(_large(listing.column("id")), value_set=_large(existing.column("id")))
+        listed, ids = _large(listing.column("id")), _large(existing.column("id"))
+        known = pc.index_in(listed, value_set=ids)
         keep = pc.invert(_unchanged(listing, known, existing))
         todo = listing.filter(keep)
         changed = listing.filter(pc.and_(pc.is_valid(known), keep)).column("id").to_pylist()
-        deleted = _unlisted(listing.column("id"), known, existing.column("id"))
+        deleted = _unlisted(listed, known, ids)
     h = hashlib.sha256(f"{salt}|{shard_size}".encode())
     _digest(h, todo)
     shards = [Shard(i, _compact(todo.slice(s, shard_size)))

@@ -73,6 +73,11 @@ def source_items(rows: pa.Table, chunk: int | None = None) -> Iterator[SourceIte
             yield SourceItem(id_, uri or id_, size, etag, mtime)
 
 
+def null_if_empty(etags: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """An empty etag is no etag (the mtime decides), as ``SourceItem``s have it."""
+    return pc.if_else(pc.equal(etags, ""), pa.scalar(None, etags.type), etags)
+
+
 def is_image_name(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
@@ -216,16 +221,15 @@ def _list_ahead(fs: AbstractFileSystem, pool: ThreadPoolExecutor, pending: deque
                 listing: dict[str, Future], ahead: int) -> None:
     """Start listing the next folders of the walk: at most ``ahead`` listings running or
     waiting to be taken, and no new one while those hold :data:`_HELD_MAX` entries."""
+    held = sum(len(f.result()[0]) for f in listing.values()
+               if f.done() and f.exception() is None)
+    if held >= _HELD_MAX:
+        return
     for path in islice(pending, ahead):
         if len(listing) >= ahead:
             return
-        if path in listing:
-            continue
-        held = sum(len(f.result()[0]) for f in listing.values()
-                   if f.done() and f.exception() is None)
-        if held >= _HELD_MAX:
-            return
-        listing[path] = pool.submit(_folder, fs, path)
+        if path not in listing:
+            listing[path] = pool.submit(_folder, fs, path)
 
 
 def _folder(fs: AbstractFileSystem, path: str) -> tuple[list[SourceItem], list[str]]:
@@ -323,7 +327,7 @@ def _listed_rows(batch: pa.RecordBatch, col: str, cols: dict[str, str], base: st
             if "size" in cols else pa.array([0] * n, pa.int64()))
     etag = (pc.cast(batch.column(cols["etag"]), text) if "etag" in cols
             else pa.nulls(n, text))
-    etag = pc.if_else(pc.equal(etag, ""), pa.scalar(None, text), etag)
+    etag = null_if_empty(etag)
     mtime = _mtimes(batch.column(cols["mtime"])) if "mtime" in cols \
         else pa.nulls(n, LISTING.field("mtime").type)
     return pa.record_batch([uri, pa.nulls(n, text), size, etag, mtime], schema=LISTING)
