@@ -307,7 +307,13 @@ def _uri_list_batches(fs: AbstractFileSystem, path: str) -> Iterator[pa.RecordBa
                 raise ClipvecError(
                     f"The list '{path}' has no column naming images; expected one of "
                     f"{', '.join(URI_COLUMNS)} (it has {', '.join(batch.schema.names)}).")
-            yield _listed_rows(batch, col, cols, base)
+            try:
+                yield _listed_rows(batch, col, cols, base)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise ClipvecError(
+                    f"The list '{path}' has a column clipvec cannot read ({e}). Its "
+                    f"'{col}' column must hold text; size, if present, numbers of bytes; "
+                    "etag text; mtime timestamps, epoch seconds or ISO 8601 text.") from None
 
 
 def _listed_rows(batch: pa.RecordBatch, col: str, cols: dict[str, str], base: str

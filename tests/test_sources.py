@@ -228,3 +228,9 @@ def test_a_list_file_becomes_the_same_listing_column_wise(tmp_path):
         assert table.column("size").to_pylist() == [1, 2, 0, 6], kind
         assert table.column("etag").to_pylist() == ["7", None, "9", "12"], kind
         assert set(table.column("mtime").to_pylist()) == {when}, kind
+
+
+def test_a_list_with_an_unreadable_column_is_a_clear_error(tmp_path):
+    (tmp_path / "l.csv").write_text("uri,size\na.jpg,12\nb.jpg,twelve\n")
+    with pytest.raises(ClipvecError, match="size, if present, numbers of bytes"):
+        list(list_images(str(tmp_path / "l.csv")))
